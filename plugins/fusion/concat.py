@@ -1,0 +1,65 @@
+"""``concat``: each audio tag in the prompt is replaced by that audio's embeddings (SALM, Qwen-Audio)."""
+
+from __future__ import annotations
+
+import torch
+
+from slmzoo.components import Fusion, FusedInputs
+from slmzoo.prompting import IGNORE_INDEX
+
+
+class ConcatFusion(Fusion):
+    def __init__(self, options=None, context=None):
+        super().__init__()
+
+    def fuse(self, llm, input_ids, attention_mask, audio_embeds, labels=None, padding_side="right") -> FusedInputs:
+        """``input_ids [B, L]`` with audio tags, ``audio_embeds`` a list of ``[T_i, D]`` (valid frames only).
+
+        Returns ``inputs_embeds [B, L', D]`` where every tag became its ``T_i`` frames; labels there are
+        ignored. Rows are re-padded on ``padding_side`` ("left" for generation).
+        """
+        text_embeds = llm.embed(input_ids)
+        is_audio = input_ids == llm.audio_token_id
+        num_tags = int((is_audio & attention_mask.bool()).sum())
+        if num_tags != len(audio_embeds):
+            raise ValueError(f"the batch has {num_tags} audio tags but {len(audio_embeds)} audio segments")
+        rows, row_labels = [], []
+        next_audio = 0
+        for b in range(input_ids.shape[0]):
+            valid = attention_mask[b].bool()
+            pieces, label_pieces, start = [], [], 0
+            positions = torch.nonzero(is_audio[b] & valid).flatten().tolist()
+            keep = torch.nonzero(valid).flatten()
+            first, last = int(keep[0]), int(keep[-1]) + 1
+            start = first
+            for pos in positions:
+                audio = audio_embeds[next_audio].to(text_embeds.dtype)
+                next_audio += 1
+                pieces += [text_embeds[b, start:pos], audio]
+                if labels is not None:
+                    label_pieces += [labels[b, start:pos], labels.new_full((audio.shape[0],), IGNORE_INDEX)]
+                start = pos + 1
+            pieces.append(text_embeds[b, start:last])
+            rows.append(torch.cat(pieces))
+            if labels is not None:
+                label_pieces.append(labels[b, start:last])
+                row_labels.append(torch.cat(label_pieces))
+        return _pad_rows(rows, row_labels if labels is not None else None, padding_side)
+
+
+def _pad_rows(rows: list[torch.Tensor], labels: list[torch.Tensor] | None, side: str) -> FusedInputs:
+    """Stack ``[L_b, D]`` rows into ``[B, L, D]`` with a mask, padding on ``side``."""
+    width = max(r.shape[0] for r in rows)
+    batch, dim = len(rows), rows[0].shape[1]
+    embeds = rows[0].new_zeros(batch, width, dim)
+    mask = torch.zeros(batch, width, dtype=torch.long, device=rows[0].device)
+    out_labels = None if labels is None else torch.full((batch, width), IGNORE_INDEX, dtype=torch.long,
+                                                         device=rows[0].device)
+    for b, row in enumerate(rows):
+        n = row.shape[0]
+        span = slice(width - n, width) if side == "left" else slice(0, n)
+        embeds[b, span] = row
+        mask[b, span] = 1
+        if out_labels is not None:
+            out_labels[b, span] = labels[b]
+    return FusedInputs(inputs_embeds=embeds, attention_mask=mask, labels=out_labels)

@@ -1,0 +1,134 @@
+"""``hf_causal``: any transformers causal LM with its tokenizer, chat format and audio tag; LoRA via peft."""
+
+from __future__ import annotations
+
+import torch
+
+from slmzoo.chat_templates import CHAT_FORMATS
+from slmzoo.components import LanguageModel
+from slmzoo.prompting import PromptFormatter, resolve_chat_template
+from slmzoo.tokenizer import BYTES, byte_level_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LLMLoadError(RuntimeError):
+    pass
+
+
+def _load_tokenizer(options, prompt, meta: bool, specials: tuple[str, ...]):
+    source = options.tokenizer or options.pretrained
+    if source is None or source == BYTES:
+        return byte_level_tokenizer([*specials, prompt.audio_tag]), True
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source), False
+    except Exception as error:
+        if meta:  # a meta build only counts parameters: any tokenizer will do
+            return byte_level_tokenizer([*specials, prompt.audio_tag]), True
+        raise LLMLoadError(f"llm.tokenizer: cannot load {source!r} ({error}); offline, use a local folder or "
+                           "tokenizer: bytes (the built-in byte-level tokenizer)") from None
+
+
+def _config(options, vocab_size: int | None):
+    from transformers import AutoConfig
+
+    if options.config is not None:
+        fields = dict(options.config)
+        model_type = fields.pop("model_type", None)
+        if model_type is None:
+            raise LLMLoadError("llm.config needs model_type (e.g. qwen3, llama, gpt2)")
+        if vocab_size is not None and "vocab_size" not in fields:
+            fields["vocab_size"] = vocab_size
+        return AutoConfig.for_model(model_type, **fields)
+    if options.pretrained is None:
+        raise LLMLoadError("llm: give pretrained (hub id or folder) or an inline config")
+    try:
+        return AutoConfig.from_pretrained(options.pretrained)
+    except Exception as error:
+        raise LLMLoadError(f"llm.pretrained: cannot read the config of {options.pretrained!r} ({error}); "
+                           "add an inline llm.config with the published dimensions to build offline") from None
+
+
+class HFCausalLM(LanguageModel):
+    """A transformers ``AutoModelForCausalLM`` plus tokenizer, prompt formatter and audio tag id."""
+
+    def __init__(self, options, context):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        from slmzoo.card.schema import PromptConfig
+
+        prompt = context.card.card.prompt if context.card is not None else PromptConfig()
+        # The built-in tokenizer has no template of its own, so it gets chatml unless the card names one.
+        builtin_format = CHAT_FORMATS.get(prompt.chat_template or "chatml")
+        tokenizer, builtin = _load_tokenizer(options, prompt, context.meta,
+                                             builtin_format.special_tokens if builtin_format else ())
+        template, end_of_turn, specials = resolve_chat_template(prompt.chat_template, tokenizer)
+        if template is not None:
+            tokenizer.chat_template = template
+        new_tokens = [t for t in (*specials, prompt.audio_tag) if t not in tokenizer.get_vocab()]
+        if new_tokens:
+            tokenizer.add_special_tokens({"additional_special_tokens": new_tokens})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.formatter = PromptFormatter(tokenizer, prompt, end_of_turn)
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(prompt.audio_tag)
+
+        dtype = DTYPES[options.dtype]
+        kwargs = {"dtype": dtype}
+        if options.attn_implementation:
+            kwargs["attn_implementation"] = options.attn_implementation
+        if options.pretrained is not None and not context.from_config:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(options.pretrained, **kwargs)
+            except OSError as error:
+                raise LLMLoadError(f"llm.pretrained: cannot load {options.pretrained!r} ({error}); offline, use a "
+                                   "local folder, the tiny preset, or --meta") from None
+        else:
+            config = _config(options, len(tokenizer) if builtin else None)
+            model = AutoModelForCausalLM.from_config(config, **kwargs)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and not context.meta:
+            model.resize_token_embeddings(len(tokenizer))
+        self.hidden_size = model.config.get_text_config().hidden_size
+        if options.lora is not None:
+            model = self._add_lora(model, options.lora)
+        self.model = model
+
+    @staticmethod
+    def _add_lora(model, lora):
+        from peft import LoraConfig, get_peft_model
+
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in lora.target_modules if t not in names]
+        if missing:
+            raise LLMLoadError(f"llm.lora.target_modules: no module named {', '.join(missing)} in this LLM "
+                               f"(linear layers here: {', '.join(sorted(_linear_names(model)))})")
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        return get_peft_model(model, config)
+
+    @property
+    def base(self):
+        """The underlying transformers model (inside peft's wrapper when LoRA is on)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids [B, L]`` -> ``[B, L, D]``."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, inputs_embeds, attention_mask, labels=None, position_ids=None, **extra):
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                          position_ids=position_ids, use_cache=False, **extra)
+
+    def generate(self, inputs_embeds, attention_mask, **generation_kwargs) -> torch.Tensor:
+        """Left-padded ``inputs_embeds [B, L, D]`` -> new token ids ``[B, N]`` (KV-cached decoding)."""
+        generation_kwargs.setdefault("eos_token_id", self.formatter.stop_token_ids)
+        generation_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
+
+
+def _linear_names(model) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}

@@ -1,0 +1,45 @@
+"""LLM specs. Imports no torch; implementations load on build."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from slmzoo import hookimpl
+from slmzoo.registry import ComponentOptions, ComponentSpec
+
+
+class LoraOptions(ComponentOptions):
+    """LoRA through peft (``LoraConfig``)."""
+
+    r: int = Field(8, ge=1, description="Rank.")
+    alpha: float = Field(16, description="Scaling numerator (lora_alpha).")
+    dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(["q_proj", "v_proj"], description="Module names (or suffixes) to adapt.")
+
+
+class HFCausalOptions(ComponentOptions):
+    """Any Hugging Face causal LM (``AutoModelForCausalLM``)."""
+
+    pretrained: str | None = Field(None, description="Hub id or local folder of the LLM.")
+    config: dict[str, Any] | None = Field(
+        None, description="Inline config (needs model_type) for random weights; also used by --meta builds."
+    )
+    tokenizer: str | None = Field(
+        None, description="'bytes' for the built-in byte-level tokenizer, or a hub id / folder; default: pretrained."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype.")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None, description="transformers attention implementation; default: transformers' choice."
+    )
+    lora: LoraOptions | None = Field(None, description="LoRA adapters on the LLM; omit for none.")
+
+
+@hookimpl
+def slmzoo_register_components(register):
+    register(ComponentSpec(
+        kind="llm", name="hf_causal",
+        description="Any transformers causal LM: hub id, local folder or inline config; LoRA via peft.",
+        options=HFCausalOptions, factory="slmzoo_plugins.llms.hf_causal:HFCausalLM",
+    ))

@@ -1,0 +1,3 @@
+from slmzoo.cli.main import main
+
+main()

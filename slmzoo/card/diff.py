@@ -1,0 +1,116 @@
+"""Comparing two resolved cards, path by path.
+
+Nested mappings are flattened to dotted key paths (``llm.lora.r``); lists are compared as values. A
+component whose ``type`` differs is reported once, as the whole block being replaced: option-by-option
+rows between two different components would compare unrelated things.
+
+Pure data in, data out: no torch, no plugins. ``slmzoo diff`` renders the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from slmzoo.card.schema import SECTION_KINDS
+
+#: The groups of ``slmzoo diff``, in display order; keys outside the named sections go to ``other``.
+SECTIONS = ("encoder", "adapter", "fusion", "llm", "prompt", "train", "other")
+
+
+class _Missing:
+    """A key present on one side only."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference. ``kind`` is ``changed``, ``added`` (right only), ``removed`` (left only) or
+    ``replaced`` (a component block whose ``type`` differs; ``left``/``right`` are the whole blocks)."""
+
+    path: str
+    kind: str
+    left: Any = MISSING
+    right: Any = MISSING
+
+    @property
+    def section(self) -> str:
+        return section_of(self.path)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "section": self.section, "kind": self.kind}
+        if self.left is not MISSING:
+            out["left"] = self.left
+        if self.right is not MISSING:
+            out["right"] = self.right
+        return out
+
+
+def section_of(path: str) -> str:
+    head = path.split(".", 1)[0]
+    return head if head in SECTIONS else "other"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1, "c": [1, 2]}}`` -> ``{"a.b": 1, "a.c": [1, 2]}``; an empty mapping stays a value."""
+    if not isinstance(data, dict) or (not data and prefix):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, path))
+    return out
+
+
+def diff_cards(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
+    """Every difference between two resolved cards, ordered by section then by key order."""
+    changes: list[Change] = []
+    a, b = dict(a), dict(b)
+    for section in SECTION_KINDS:
+        block_a, block_b = a.get(section), b.get(section)
+        if (isinstance(block_a, dict) and isinstance(block_b, dict)
+                and block_a.get("type") != block_b.get("type")):
+            changes.append(Change(section, "replaced", block_a, block_b))
+            a.pop(section)
+            b.pop(section)
+    flat_a, flat_b = flatten(a), flatten(b)
+    for path in list(flat_a) + [p for p in flat_b if p not in flat_a]:
+        left, right = flat_a.get(path, MISSING), flat_b.get(path, MISSING)
+        if left is MISSING:
+            changes.append(Change(path, "added", right=right))
+        elif right is MISSING:
+            changes.append(Change(path, "removed", left=left))
+        elif not _equal(left, right):
+            changes.append(Change(path, "changed", left, right))
+    order = {name: i for i, name in enumerate(SECTIONS)}
+    return sorted(changes, key=lambda c: order[c.section])  # stable: key order kept within a section
+
+
+def _equal(left: Any, right: Any) -> bool:
+    # YAML reads 1 and 1.0 differently; a card that says lr: 1 means the same as lr: 1.0. Booleans stay distinct.
+    if isinstance(left, bool) or isinstance(right, bool):
+        return left is right
+    return left == right
+
+
+def group(changes: list[Change]) -> dict[str, list[Change]]:
+    """Changes by section, in :data:`SECTIONS` order, empty sections left out."""
+    out: dict[str, list[Change]] = {}
+    for change in changes:
+        out.setdefault(change.section, []).append(change)
+    return {s: out[s] for s in SECTIONS if s in out}

@@ -1,0 +1,27 @@
+"""The hooks a slmzoo plugin may implement.
+
+A plugin is a module named by an entry point in the ``slmzoo`` group. It implements hooks with
+``@slmzoo.hookimpl``. Hooks receive a ``register`` callback so that the kernel owns names, duplicates
+and aliases; a plugin never mutates kernel state directly.
+
+Nothing here imports torch: registering a component declares its name, kind, description and options
+class, and names its implementation as a ``"module:attr"`` string imported only when a model is built.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "slmzoo"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def slmzoo_register_components(register) -> None:
+    """Register components: call ``register(ComponentSpec(...))`` once per component."""
+
+
+@hookspec
+def slmzoo_register_cards(register) -> None:
+    """Register model cards: call ``register(path)`` with a card file or a folder of ``*.yaml`` cards."""

@@ -1,0 +1,254 @@
+"""``SpeechLM``: encoder -> adapter -> fusion -> LLM, built from a card.
+
+``forward(batch)`` returns the loss over response tokens only; ``generate`` decodes in batches with the
+LLM's KV cache. Padded audio never reaches the LLM: the encoder masks it, the adapter drops it, and the
+fusion takes each clip's valid embeddings only, so an output never depends on its batch companions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from slmzoo.audio import as_waveform, pad_waveforms
+from slmzoo.card.loader import ResolvedCard, dump_yaml
+from slmzoo.components import lengths_to_mask
+from slmzoo.prompting import IGNORE_INDEX, PromptError, check_audio_count, pad_sequences
+
+COMPONENTS = ("encoder", "adapter", "fusion", "llm")
+WEIGHTS_FILE, CARD_FILE, INFO_FILE, TOKENIZER_DIR = "model.safetensors", "card.yaml", "slmzoo.json", "tokenizer"
+
+
+class TrainPolicyError(ValueError):
+    pass
+
+
+@dataclass
+class SpeechLMOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    num_tokens: int  # response tokens the loss is averaged over
+    aux_loss: torch.Tensor | None = None
+
+
+class SpeechLM(nn.Module):
+    def __init__(self, card: ResolvedCard, encoder, adapter, fusion, llm):
+        super().__init__()
+        self.card = card
+        self.encoder, self.adapter, self.fusion, self.llm = encoder, adapter, fusion, llm
+
+    # -- conveniences ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.llm.tokenizer
+
+    @property
+    def formatter(self):
+        return self.llm.formatter
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.encoder.sampling_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def audio_tokens_per_second(self) -> float | None:
+        """Audio embeddings reaching the LLM per second of audio (``None``: a fixed number per clip)."""
+        return self.adapter.output_frame_rate(self.encoder.frame_rate)
+
+    # -- the pipeline ------------------------------------------------------------------------------
+    def encode_audio(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        """``audio [N, S]``, ``audio_lens [N]`` -> one ``[T_i, D]`` tensor of valid embeddings per clip."""
+        encoded = self.encoder(audio, audio_lens)
+        adapted = self.adapter(encoded.hidden, encoded.lengths)
+        embeds = [adapted.embeds[i, : int(n)] for i, n in enumerate(adapted.lengths)]
+        return embeds, adapted
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> SpeechLMOutput:
+        """``batch``: ``audio [N, S]``, ``audio_lens [N]``, ``input_ids [B, L]`` (one audio tag per clip,
+        in order), ``attention_mask [B, L]``, ``labels [B, L]`` (-100 on prompt tokens)."""
+        embeds, adapted = self.encode_audio(batch["audio"], batch["audio_lens"])
+        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds,
+                                 labels=batch.get("labels"), padding_side="right")
+        out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
+        loss = out.loss
+        if adapted.aux_loss is not None and loss is not None:
+            loss = loss + adapted.aux_loss
+        num_tokens = int((fused.labels[:, 1:] != IGNORE_INDEX).sum()) if fused.labels is not None else 0
+        return SpeechLMOutput(loss=loss, logits=out.logits, num_tokens=num_tokens, aux_loss=adapted.aux_loss)
+
+    # -- batches from raw inputs -------------------------------------------------------------------
+    def prepare_batch(self, audio: Sequence, prompts: Sequence | None = None, responses: Sequence[str] | None = None,
+                      sampling_rate: int | None = None, padding_side: str = "right") -> dict[str, Any]:
+        """Tokenize prompts (and responses, for training) and load audio into a model batch.
+
+        ``audio[i]`` is a waveform / path, or a list of them for a prompt with several audio tags.
+        ``prompts[i]`` is text, a chat (list of ``{"role", "content"}``), or None for the default task.
+        """
+        n = len(audio)
+        prompts = list(prompts) if prompts is not None else [None] * n
+        if len(prompts) != n or (responses is not None and len(responses) != n):
+            raise ValueError(f"got {n} audio items, {len(prompts)} prompts"
+                             + (f" and {len(responses)} responses" if responses is not None else ""))
+        groups = [list(a) if isinstance(a, (list, tuple)) else [a] for a in audio]
+        encoded = []
+        for i, (prompt, clips) in enumerate(zip(prompts, groups)):
+            messages = self.formatter.messages(prompt, num_audio=len(clips))
+            encoded.append(self.formatter.encode(messages, None if responses is None else responses[i]))
+        check_audio_count(encoded, [len(g) for g in groups])
+        waves = [as_waveform(clip, self.sampling_rate, sampling_rate, name=f"audio[{i}]")
+                 for i, g in enumerate(groups) for clip in g]
+        audio_t, audio_lens = pad_waveforms(waves)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.tensor(pad_sequences([e.input_ids for e in encoded], pad_id, padding_side))
+        attention_mask = torch.tensor(pad_sequences([[1] * len(e.input_ids) for e in encoded], 0, padding_side))
+        batch = {"audio": audio_t, "audio_lens": audio_lens, "input_ids": input_ids, "attention_mask": attention_mask}
+        if responses is not None:
+            batch["labels"] = torch.tensor(pad_sequences([e.labels for e in encoded], IGNORE_INDEX, padding_side))
+        return batch
+
+    @torch.no_grad()
+    def generate(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
+                 max_new_tokens: int = 128, **generation_kwargs) -> list[str]:
+        """Decode text for each audio item (greedy by default; transformers sampling options work)."""
+        if not isinstance(audio, (list, tuple)):
+            audio = [audio]
+        batch = self.prepare_batch(audio, prompts, sampling_rate=sampling_rate, padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
+        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        generation_kwargs.setdefault("do_sample", False)
+        ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
+                                **fused.extra, **generation_kwargs)
+        return self.decode(ids)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        stops = set(self.formatter.stop_token_ids)
+        texts = []
+        for row in ids.tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return texts
+
+    def _float_dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+    # -- what is trained -------------------------------------------------------------------------
+    def apply_train_policy(self) -> None:
+        """Freeze what ``train.freeze`` names, then unfreeze ``train.trainable`` globs.
+
+        Entries are component names (``encoder``, ``adapter``, ``fusion``, ``llm``) or globs over
+        parameter names. Freezing a component keeps its LoRA weights trainable (NeMo SALM: frozen LLM +
+        LoRA); a glob that matches nothing is an error, not a warning.
+        """
+        train = self.card.card.train
+        params = dict(self.named_parameters())
+        for entry in train.freeze:
+            names = self._match(entry, params, "train.freeze")
+            for name in names:
+                if entry in COMPONENTS and "lora_" in name:
+                    continue
+                params[name].requires_grad_(False)
+        for entry in train.trainable:
+            for name in self._match(entry, params, "train.trainable"):
+                params[name].requires_grad_(True)
+
+    @staticmethod
+    def _match(entry: str, params: dict[str, nn.Parameter], key: str) -> list[str]:
+        if entry in COMPONENTS:
+            names = [n for n in params if n.startswith(entry + ".")]
+        else:
+            names = [n for n in params if fnmatch.fnmatchcase(n, entry)]
+        if not names:
+            sample = ", ".join(list(params)[:3])
+            raise TrainPolicyError(f"{key}: {entry!r} matches no parameter (use a component name "
+                                   f"{', '.join(COMPONENTS)} or a glob over names like {sample})")
+        return names
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per component: type, parameters, trainable parameters, output width and frame rate."""
+        rows = []
+        rate = self.encoder.frame_rate
+        for section in COMPONENTS:
+            module = getattr(self, section)
+            params = list(module.parameters())
+            if section == "encoder":
+                dim, fps = module.output_dim, rate
+            elif section == "adapter":
+                dim, fps = getattr(module, "output_dim", None), module.output_frame_rate(rate)
+            elif section == "llm":
+                dim, fps = module.hidden_size, None
+            else:
+                dim, fps = None, None
+            rows.append({"component": section, "type": self.card.data[section]["type"],
+                         "params": sum(p.numel() for p in params),
+                         "trainable": sum(p.numel() for p in params if p.requires_grad),
+                         "output_dim": dim, "frames_per_second": fps})
+        return rows
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    # -- saving and loading ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, trainable_only: bool = False) -> Path:
+        """Write ``model.safetensors``, the resolved ``card.yaml``, ``slmzoo.json`` and tokenizer files."""
+        from slmzoo.checkpoint import save_weights, versions
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = None
+        if trainable_only:
+            keys = {n for n, p in self.named_parameters() if p.requires_grad}
+        save_weights(self, directory / WEIGHTS_FILE, keys=keys)
+        (directory / CARD_FILE).write_text(self.card.to_yaml(), encoding="utf-8")
+        info = {"format": 1, "trainable_only": trainable_only, "preset": self.card.preset, "versions": versions()}
+        (directory / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if not _is_builtin_tokenizer(self.card):
+            self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "SpeechLM":
+        """Load what ``save_pretrained`` wrote; strict: a missing or unexpected tensor is an error naming it."""
+        import yaml
+
+        from slmzoo.builder import build
+        from slmzoo.card.loader import load_resolved
+        from slmzoo.checkpoint import load_weights
+
+        directory = Path(directory)
+        card_file = directory / CARD_FILE
+        if not card_file.is_file():
+            raise FileNotFoundError(f"{directory}: not a saved slmzoo model (no {CARD_FILE})")
+        info = json.loads((directory / INFO_FILE).read_text()) if (directory / INFO_FILE).is_file() else {}
+        data = yaml.safe_load(card_file.read_text(encoding="utf-8"))
+        if (directory / TOKENIZER_DIR).is_dir():
+            data["llm"]["tokenizer"] = str(directory / TOKENIZER_DIR)
+        card = load_resolved(data, source=str(card_file))
+        card.preset = info.get("preset")
+        trainable_only = bool(info.get("trainable_only"))
+        model = build(card, load_weights=trainable_only)
+        load_weights(model, directory / WEIGHTS_FILE, strict=not trainable_only)
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+
+def _is_builtin_tokenizer(card: ResolvedCard) -> bool:
+    llm = card.data["llm"]
+    return llm.get("tokenizer") == "bytes" or (llm.get("tokenizer") is None and llm.get("pretrained") is None)

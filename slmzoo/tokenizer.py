@@ -1,0 +1,42 @@
+"""The built-in byte-level tokenizer: 256 byte tokens plus special tokens, built without any file.
+
+It is a real ``PreTrainedTokenizerFast``, so tiny presets run offline through the same code path as
+hub tokenizers (chat template, special tokens, batch encoding, decoding).
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+BYTES = "bytes"
+PAD, EOS = "<|pad|>", "<|endoftext|>"
+
+
+def byte_level_tokenizer(extra_special_tokens: list[str] | tuple[str, ...] = ()):
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_to_char = _bytes_to_unicode()
+    vocab = {byte_to_char[b]: b for b in range(256)}
+    assert set(vocab) == set(alphabet)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS)
+    specials = [t for t in dict.fromkeys(extra_special_tokens) if t not in (PAD, EOS)]
+    if specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    return tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (what ByteLevel pre-tokenization emits)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
