@@ -67,23 +67,32 @@ class SpeechLM(nn.Module):
 
     # -- the pipeline ------------------------------------------------------------------------------
     def encode_audio(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
-        """``audio [N, S]``, ``audio_lens [N]`` -> one ``[T_i, D]`` tensor of valid embeddings per clip."""
+        """``audio [N, S]``, ``audio_lens [N]`` -> one ``[T_i, D]`` tensor of valid embeddings per clip
+        (``[T_i]`` unit ids for a token-mapping adapter: the fusion embeds them)."""
         encoded = self.encoder(audio, audio_lens)
         adapted = self.adapter(encoded.hidden, encoded.lengths)
-        embeds = [adapted.embeds[i, : int(n)] for i, n in enumerate(adapted.lengths)]
+        rows = adapted.units if adapted.embeds is None else adapted.embeds
+        embeds = [rows[i, : int(n)] for i, n in enumerate(adapted.lengths)]
         return embeds, adapted
 
     def forward(self, batch: dict[str, torch.Tensor]) -> SpeechLMOutput:
         """``batch``: ``audio [N, S]``, ``audio_lens [N]``, ``input_ids [B, L]`` (one audio tag per clip,
         in order), ``attention_mask [B, L]``, ``labels [B, L]`` (-100 on prompt tokens)."""
         embeds, adapted = self.encode_audio(batch["audio"], batch["audio_lens"])
-        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds,
-                                 labels=batch.get("labels"), padding_side="right")
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch.get("labels")
+        if getattr(self.llm, "is_encoder_decoder", False):  # the prompt feeds the encoder, the response the decoder
+            input_ids, attention_mask, labels = split_prompt_response(input_ids, attention_mask, labels,
+                                                                      self.tokenizer.pad_token_id)
+            fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, padding_side="right")
+            fused.labels = labels
+        else:
+            fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
         out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
         loss = out.loss
         if adapted.aux_loss is not None and loss is not None:
             loss = loss + adapted.aux_loss
-        num_tokens = int((fused.labels[:, 1:] != IGNORE_INDEX).sum()) if fused.labels is not None else 0
+        shift = 0 if getattr(self.llm, "is_encoder_decoder", False) else 1  # causal LMs predict token t from t-1
+        num_tokens = int((fused.labels[:, shift:] != IGNORE_INDEX).sum()) if fused.labels is not None else 0
         return SpeechLMOutput(loss=loss, logits=out.logits, num_tokens=num_tokens, aux_loss=adapted.aux_loss)
 
     # -- batches from raw inputs -------------------------------------------------------------------
@@ -215,12 +224,32 @@ class SpeechLM(nn.Module):
         if trainable_only:
             keys = {n for n, p in self.named_parameters() if p.requires_grad}
         save_weights(self, directory / WEIGHTS_FILE, keys=keys)
-        (directory / CARD_FILE).write_text(self.card.to_yaml(), encoding="utf-8")
+        (directory / CARD_FILE).write_text(dump_yaml(self._self_contained_card(trainable_only)), encoding="utf-8")
         info = {"format": 1, "trainable_only": trainable_only, "preset": self.card.preset, "versions": versions()}
         (directory / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         if not _is_builtin_tokenizer(self.card):
             self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         return directory
+
+    def _self_contained_card(self, trainable_only: bool) -> dict:
+        """The resolved card, plus the configs of backbones it only names by ``pretrained``.
+
+        A full save must rebuild without the original folder or hub: the checkpoint has every weight,
+        so each such component gets its inline ``config`` from the built module.
+        """
+        data = json.loads(json.dumps(self.card.data))
+        if trainable_only:
+            return data
+        for section in COMPONENTS:
+            block = data[section]
+            config = getattr(getattr(self, section), "config", None)
+            if block.get("pretrained") and block.get("config") is None and hasattr(config, "to_diff_dict"):
+                fields = config.to_diff_dict()
+                for noise in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype"):
+                    fields.pop(noise, None)
+                fields["model_type"] = config.model_type
+                block["config"] = fields
+        return data
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "SpeechLM":
@@ -247,6 +276,20 @@ class SpeechLM(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def split_prompt_response(input_ids, attention_mask, labels, pad_id: int):
+    """A causal-layout batch (``labels [B, L]`` set on the response only) -> the encoder's prompt
+    (``input_ids``, ``attention_mask``, right-padded) and the decoder's ``labels [B, N]`` (-100 padded)."""
+    valid = attention_mask.bool()
+    response = valid & (labels != IGNORE_INDEX) if labels is not None else torch.zeros_like(valid)
+    prompts = [input_ids[b][valid[b] & ~response[b]].tolist() for b in range(input_ids.shape[0])]
+    ids = torch.tensor(pad_sequences(prompts, pad_id), dtype=torch.long, device=input_ids.device)
+    mask = torch.tensor(pad_sequences([[1] * len(p) for p in prompts], 0), dtype=torch.long, device=input_ids.device)
+    if labels is None:
+        return ids, mask, None
+    answers = [labels[b][response[b]].tolist() for b in range(labels.shape[0])]
+    return ids, mask, torch.tensor(pad_sequences(answers, IGNORE_INDEX), dtype=torch.long, device=labels.device)
 
 
 def _is_builtin_tokenizer(card: ResolvedCard) -> bool:

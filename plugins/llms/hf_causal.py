@@ -111,6 +111,11 @@ class HFCausalLM(LanguageModel):
         return get_peft_model(model, config)
 
     @property
+    def config(self):
+        """The transformers config of the LLM (saved into self-contained checkpoints)."""
+        return self.base.config
+
+    @property
     def base(self):
         """The underlying transformers model (inside peft's wrapper when LoRA is on)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

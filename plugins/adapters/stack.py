@@ -1,0 +1,61 @@
+"""``stack``: stack k consecutive encoder frames into one, then an MLP into the LLM width.
+
+Ultravox's projector (stack, RMSNorm, Linear, SwiGLU, Linear) and SLAM-ASR's (stack, Linear, ReLU, Linear).
+Padded frames are zeroed before stacking, so the last real group of a clip holds exact zeros past the clip end,
+as it does when the clip is alone: a clip's embeddings never depend on its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slmzoo.components import Adapter, AdapterOutput, zero_padding
+
+
+class SwiGLU(nn.Module):
+    """``[..., 2H] -> [..., H]``: ``x * silu(gate)`` with ``x, gate`` the two halves, as in Ultravox."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x, gate = hidden.chunk(2, dim=-1)
+        return x * nn.functional.silu(gate)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swiglu": SwiGLU}
+
+
+class StackAdapter(Adapter):
+    """``hidden [B, T, C]`` -> ``embeds [B, ceil(T / k), D]``: stack, optional norm, MLP."""
+
+    def __init__(self, options, context):
+        super().__init__()
+        if context.encoder_layers_stacked:
+            raise ValueError("adapter stack: the encoder returns all layers [B, L, T, C] (layer: all); pick one "
+                             "layer or use layer: weighted")
+        self.k = options.k
+        stacked_dim = options.k * context.encoder_dim
+        hidden_dim = options.hidden_dim or context.llm_dim
+        if options.activation == "swiglu" and hidden_dim % 2:
+            raise ValueError(f"adapter stack: swiglu halves the hidden width, so hidden_dim must be even (got "
+                             f"{hidden_dim})")
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+        self.norm = norms[options.norm](stacked_dim) if options.norm in norms else nn.Identity()
+        self.linear_1 = nn.Linear(stacked_dim, hidden_dim)
+        self.act = ACTIVATIONS[options.activation]()
+        self.linear_2 = nn.Linear(hidden_dim // 2 if options.activation == "swiglu" else hidden_dim, context.llm_dim)
+        self.output_dim = context.llm_dim
+
+    def output_frame_rate(self, input_frame_rate: float) -> float:
+        return input_frame_rate / self.k
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:
+        """``hidden [B, T, C]``, ``lengths [B]`` in frames -> ``embeds [B, ceil(T / k), D]``, ``ceil(len / k)``."""
+        if hidden.dim() != 3:
+            raise ValueError(f"adapter stack: expected encoder frames [B, T, C]; got {list(hidden.shape)}")
+        B, T, C = hidden.shape
+        hidden = zero_padding(hidden, lengths)
+        pad = -T % self.k
+        hidden = nn.functional.pad(hidden, (0, 0, 0, pad)).reshape(B, (T + pad) // self.k, self.k * C)
+        embeds = self.linear_2(self.act(self.linear_1(self.norm(hidden))))
+        out_lengths = (lengths + self.k - 1) // self.k
+        return AdapterOutput(embeds=zero_padding(embeds, out_lengths), lengths=out_lengths)

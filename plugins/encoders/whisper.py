@@ -1,0 +1,248 @@
+"""``whisper``: the encoder of OpenAI Whisper on raw 16 kHz waveforms, 50 frames per second.
+
+Two modes:
+
+- variable length (default): log-mel of each clip's own samples, conv stem and transformer over the batch's
+  longest clip only, padded keys masked. A clip's output is the same alone or in any batch, and a 2 s clip costs
+  2 s of compute instead of 30 s. Features match the feature extractor run on the unpadded clip
+  (``padding="do_not_pad"``). The 30 s-padded features differ only on the last frame, and only when
+  ``samples % 160 < 40``: then its STFT window reaches past the clip end (reflect vs zero padding). The per-clip
+  ``max - 8`` clamp is the same unless that last frame is the loudest (padded silence is far below any maximum).
+- ``pad_to_window``: bit-for-bit the original: every clip padded (or cut) to 30 s, features over the whole window,
+  all 1500 positions through transformers' own ``WhisperEncoder.forward`` without a mask. Output lengths still
+  count only the clip's frames, so downstream drops the encoded silence.
+
+Weights are transformers' ``WhisperEncoder`` (``encoder.*`` here), loaded strictly from a WhisperModel,
+WhisperForConditionalGeneration or bare-encoder checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_to_mask
+from slmzoo_plugins.encoders.features import HOP_LENGTH, N_FFT, SAMPLING_RATE, log_mel, mel_filters
+from slmzoo_plugins.encoders.layers import LayerSelection
+
+MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding of the centred STFT needs more than n_fft // 2 samples
+
+
+class WhisperLoadError(RuntimeError):
+    pass
+
+
+def _config(options, from_config: bool):
+    from transformers import WhisperConfig
+
+    if options.config is not None and (from_config or options.pretrained is None):
+        return WhisperConfig(**options.config)
+    if options.pretrained is None:
+        raise WhisperLoadError("encoder: give pretrained (hub id or folder) or an inline config")
+    try:
+        return WhisperConfig.from_pretrained(options.pretrained)
+    except Exception as error:
+        raise WhisperLoadError(f"encoder.pretrained: cannot read the config of {options.pretrained!r} ({error}); "
+                               "add an inline encoder.config with the published dimensions to build offline"
+                               ) from None
+
+
+def _checkpoint_folder(pretrained: str) -> Path:
+    if Path(pretrained).is_dir():
+        return Path(pretrained)
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
+            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.bin"]))
+    except Exception as error:
+        raise WhisperLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error}); offline, use a "
+                               "local folder or an inline encoder.config with --meta") from None
+    return folder
+
+
+def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
+    """The encoder tensors of a transformers Whisper checkpoint, keys relative to ``WhisperEncoder``."""
+    folder = _checkpoint_folder(pretrained)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise WhisperLoadError(f"encoder.pretrained: no model.safetensors or pytorch_model.bin in {folder}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as reader:
+                # Only the encoder is read: the decoder of a large checkpoint never leaves the disk.
+                for key in reader.keys():
+                    if key.startswith(("model.encoder.", "encoder.")) or not key.startswith(("model.", "decoder.")):
+                        tensors[key] = reader.get_tensor(key)
+        else:
+            tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+    # WhisperForConditionalGeneration nests under model.encoder., WhisperModel under encoder., a bare encoder has none.
+    for prefix in ("model.encoder.", "encoder."):
+        if any(key.startswith(prefix) for key in tensors):
+            return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    return {key: value for key, value in tensors.items() if not key.startswith(("model.", "decoder.", "proj_out."))}
+
+
+def _load_strict(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        problems = ([f"missing encoder weights: {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected encoder weights: {', '.join(unexpected)}"] if unexpected else [])
+        raise WhisperLoadError(f"encoder.pretrained {source!r}: " + "; ".join(problems))
+    wrong = [f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})" for k, v in state.items()
+             if v.shape != expected[k].shape]
+    if wrong:
+        raise WhisperLoadError(f"encoder.pretrained {source!r}: shape mismatch: {', '.join(wrong)}")
+    encoder.load_state_dict(state, strict=True)
+
+
+class WhisperEncoder(Encoder):
+    """Waveforms ``[B, S]`` at 16 kHz -> Whisper encoder states ``[B, T, C]`` at 50 frames/s."""
+
+    sampling_rate = SAMPLING_RATE
+
+    def __init__(self, options, context):
+        super().__init__()
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+
+        config = _config(options, context.from_config)
+        self.encoder = HFWhisperEncoder(config)
+        if options.pretrained is not None and not context.from_config:
+            _load_strict(self.encoder, _load_encoder_state(options.pretrained), options.pretrained)
+        self.config = config
+        self.pad_to_window = options.pad_to_window
+        self.output_dim = config.d_model
+        self.frame_rate = SAMPLING_RATE / HOP_LENGTH / 2  # 50.0: the second conv has stride 2
+        self.num_layers = config.encoder_layers
+        self.max_frames = config.max_source_positions  # 1500 output frames = 30 s
+        self.window_samples = 2 * self.max_frames * HOP_LENGTH  # 480000 samples = 30 s
+        self.select = LayerSelection(options.layer, self.num_layers)
+        self.stacks_layers = self.select.stacks_layers
+        # Not persistent: derived from num_mel_bins, never part of a checkpoint.
+        self.register_buffer("mel_filters", torch.from_numpy(mel_filters(config.num_mel_bins)).float(),
+                             persistent=False)
+
+    # -- input checks ------------------------------------------------------------------------------
+    def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
+        if audio.dim() == 3:
+            raise ValueError(f"whisper encoder: audio must be mono [B, S]; got {list(audio.shape)} (multi-channel?): "
+                             "downmix to one channel first")
+        if audio.dim() != 2 or lengths.shape != audio.shape[:1]:
+            raise ValueError(f"whisper encoder: expected audio [B, S] and lengths [B]; got {list(audio.shape)} and "
+                             f"{list(lengths.shape)}")
+        for b, n in enumerate(lengths.tolist()):
+            if n <= 0:
+                raise ValueError(f"whisper encoder: clip {b} is empty (0 samples)")
+            if n < MIN_SAMPLES:
+                raise ValueError(f"whisper encoder: clip {b} has {n} samples; at least {MIN_SAMPLES} "
+                                 f"({MIN_SAMPLES / SAMPLING_RATE * 1000:.1f} ms) are needed for one frame")
+            if n > audio.shape[1]:
+                raise ValueError(f"whisper encoder: clip {b} has length {n} > audio width {audio.shape[1]}")
+            if not self.pad_to_window and n // HOP_LENGTH > 2 * self.max_frames:
+                raise ValueError(f"whisper encoder: clip {b} is {n / SAMPLING_RATE:.2f} s long; Whisper's encoder "
+                                 f"covers at most {self.window_samples / SAMPLING_RATE:.0f} s "
+                                 f"(max_source_positions={self.max_frames}): split the clip or use pad_to_window "
+                                 "(which cuts it)")
+        bad = (~torch.isfinite(audio) & lengths_to_mask(lengths, audio.shape[1])).any(dim=1)
+        if bad.any():
+            raise ValueError(f"whisper encoder: NaN or inf samples in clip(s) {bad.nonzero().flatten().tolist()}")
+
+    # -- features ----------------------------------------------------------------------------------
+    def _filters(self) -> torch.Tensor:
+        # A module-wide .to(bfloat16) also casts this buffer; the filters are rebuilt in float32 then.
+        if self.mel_filters.dtype == torch.float32:
+            return self.mel_filters
+        return torch.from_numpy(mel_filters(self.config.num_mel_bins)).float().to(self.mel_filters.device)
+
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``audio [B, S]`` -> log-mel ``[B, n_mels, F]`` float32 and frame lengths ``[B]``.
+
+        Variable length: each clip on its own samples (``F = max(len // 160)``, zeros past a clip's frames).
+        ``pad_to_window``: each clip padded or cut to 30 s, ``F = 3000``.
+        """
+        filters = self._filters()
+        if self.pad_to_window:
+            window = audio.new_zeros(audio.shape[0], self.window_samples, dtype=torch.float32)
+            for b, n in enumerate(lengths.tolist()):  # padding is written here, whatever the caller padded with
+                n = min(n, self.window_samples)
+                window[b, :n] = audio[b, :n]
+            mel_lengths = lengths.clamp(max=self.window_samples) // HOP_LENGTH
+            return log_mel(window, filters), mel_lengths
+        mel_lengths = lengths // HOP_LENGTH
+        mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(mel_lengths.max()), dtype=torch.float32)
+        for b, n in enumerate(lengths.tolist()):
+            mel = log_mel(audio[b, :n], filters)
+            mels[b, :, : mel.shape[-1]] = mel
+        return mels, mel_lengths
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """``audio [B, S]`` float, zero-padded on the right; ``lengths [B]`` in samples.
+
+        Returns ``hidden [B, T, C]`` (``[B, L+1, T, C]`` for ``layer: all``) and ``lengths [B]`` in frames,
+        padded frames zeroed.
+        """
+        self._check(audio, lengths)
+        mels, mel_lengths = self.features(audio, lengths)
+        mels = mels.to(self.encoder.conv1.weight.dtype)
+        out_lengths = (mel_lengths - 1) // 2 + 1
+        if self.pad_to_window:
+            states = self._forward_window(mels)
+        else:
+            states = self._forward_variable(mels, mel_lengths, out_lengths)
+        hidden = self.select(states)[..., : int(out_lengths.max()), :]
+        mask = lengths_to_mask(out_lengths, hidden.shape[-2]).to(hidden.dtype)
+        hidden = hidden * (mask[:, None, :, None] if hidden.dim() == 4 else mask[..., None])
+        return EncoderOutput(hidden=hidden, lengths=out_lengths)
+
+    def _forward_window(self, mels: torch.Tensor) -> list[torch.Tensor]:
+        """``mels [B, n_mels, 3000]`` -> hidden states through transformers' own forward (the reference)."""
+        if not self.select.needs_all_states:
+            return [self.encoder(mels).last_hidden_state]
+        return list(self.encoder(mels, output_hidden_states=True).hidden_states)
+
+    def _forward_variable(self, mels: torch.Tensor, mel_lengths: torch.Tensor,
+                          lengths: torch.Tensor) -> list[torch.Tensor]:
+        """``mels [B, n_mels, F]`` -> ``num_layers + 1`` states ``[B, T, C]`` (or only the last), as
+        ``output_hidden_states`` orders them: conv + positions, after each layer, the last after the final norm."""
+        enc = self.encoder
+        # Padded mel frames are zeroed before each conv so a clip's edge frames see the zeros they see alone.
+        mel_mask = lengths_to_mask(mel_lengths, mels.shape[-1]).to(mels.dtype)[:, None, :]
+        x = nn.functional.gelu(enc.conv1(mels * mel_mask)) * mel_mask
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, T, C]
+        T = x.shape[1]
+        if T > enc.embed_positions.num_embeddings:
+            raise ValueError(f"whisper encoder: {T} frames exceed max_source_positions="
+                             f"{enc.embed_positions.num_embeddings} (clips longer than 30 s)")
+        hidden = x + enc.embed_positions.weight[:T]
+        hidden = nn.functional.dropout(hidden, p=enc.dropout, training=self.training)
+        # No mask when nothing is padded: sdpa keeps its fastest kernels.
+        bias = None
+        if bool((lengths < T).any()):
+            bias = key_padding_bias(lengths, T, hidden.dtype).expand(-1, -1, T, -1)
+        keep = self.select.needs_all_states
+        states = [hidden] if keep else []
+        for layer in enc.layers:
+            if not (self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop):
+                hidden = layer(hidden, bias)
+            if keep:
+                states.append(hidden)
+        hidden = enc.layer_norm(hidden)
+        if keep:
+            states[-1] = hidden
+        else:
+            states.append(hidden)
+        return states

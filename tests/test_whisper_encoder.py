@@ -1,0 +1,255 @@
+"""The whisper encoder: features, parity with transformers, variable length, strict loading, layers, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+
+from slmzoo.builder import BuildContext
+from slmzoo_plugins.encoders.specs import WhisperOptions
+from slmzoo_plugins.encoders.whisper import WhisperEncoder, WhisperLoadError
+
+TINY = dict(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
+            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32)
+
+
+def build(**options) -> WhisperEncoder:
+    options.setdefault("config", TINY)
+    return WhisperEncoder(WhisperOptions(**options), BuildContext(card=None, llm_dim=64)).eval()
+
+
+def clips(*seconds: float, seed: int = 0) -> list[torch.Tensor]:
+    """Noise plus a sine, one clip per duration."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, s in enumerate(seconds):
+        n = int(s * 16000)
+        t = torch.arange(n) / 16000
+        out.append(0.1 * torch.randn(n, generator=g) + 0.5 * torch.sin(2 * torch.pi * (220 + 110 * i) * t))
+    return out
+
+
+def batch(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([len(w) for w in waves])
+
+
+@pytest.fixture(scope="module")
+def fe() -> WhisperFeatureExtractor:
+    return WhisperFeatureExtractor(feature_size=80)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random WhisperForConditionalGeneration saved in the native transformers format."""
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(WhisperConfig(**TINY)).eval()
+    folder = tmp_path_factory.mktemp("whisper")
+    model.save_pretrained(folder)
+    return folder, model.model.encoder
+
+
+# -- features ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bins", [80, 128])
+def test_window_features_equal_feature_extractor(bins):
+    waves = clips(0.5, 1.3, 3.0)
+    mels, mel_lengths = build(config=dict(TINY, num_mel_bins=bins), pad_to_window=True).features(*batch(waves))
+    fe = WhisperFeatureExtractor(feature_size=bins)
+    ref = fe([w.numpy() for w in waves], sampling_rate=16000, return_tensors="pt").input_features
+    assert mels.shape == ref.shape == (3, bins, 3000)
+    assert (mels - ref).abs().max() < 1e-5
+    assert mel_lengths.tolist() == [50, 130, 300]
+
+
+def test_variable_features_equal_unpadded_feature_extractor(fe):
+    waves = clips(0.5, 1.3, 3.0) + [torch.randn(8075)]  # 8075 % 160 = 75: not a whole number of hops
+    mels, mel_lengths = build().features(*batch(waves))
+    assert mel_lengths.tolist() == [len(w) // 160 for w in waves]
+    for b, w in enumerate(waves):
+        ref = fe(w.numpy(), sampling_rate=16000, padding="do_not_pad", return_tensors="pt").input_features[0]
+        assert ref.shape[-1] == mel_lengths[b]
+        assert (mels[b, :, : mel_lengths[b]] - ref).abs().max() < 1e-5
+        assert (mels[b, :, mel_lengths[b]:] == 0).all()
+
+
+def test_variable_features_differ_from_window_only_on_the_last_frame():
+    """Reflect vs zero padding at the clip end touches the last frame, and only when samples % 160 < 40."""
+    enc = build()
+    g = torch.Generator().manual_seed(1)
+    for n in (8000, 8020, 8040, 8159):
+        wave = torch.randn(n, generator=g)
+        wave[3000:3400] *= 10  # the loudest frame is mid-clip, so the max - 8 clamp agrees too
+        variable, _ = enc.features(wave[None], torch.tensor([n]))
+        enc.pad_to_window = True
+        window, _ = enc.features(wave[None], torch.tensor([n]))
+        enc.pad_to_window = False
+        diff = (variable[0] - window[0, :, : n // 160]).abs().amax(0)
+        assert (diff[:-1] < 1e-5).all()
+        assert bool(diff[-1] > 1e-3) == (n % 160 < 40)  # at 39 the window edge (hann ~ 0) barely differs
+
+
+def test_mel_filters_are_not_in_state_dict():
+    enc = build()
+    assert "mel_filters" in dict(enc.named_buffers())
+    assert not any("mel_filters" in k for k in enc.state_dict())
+
+
+# -- parity with transformers --------------------------------------------------------------------------------
+def test_pad_to_window_equals_transformers(checkpoint, fe):
+    folder, reference = checkpoint
+    enc = build(pretrained=str(folder), config=None, pad_to_window=True)
+    waves = clips(0.5, 1.3, 3.0)
+    with torch.no_grad():
+        out = enc(*batch(waves))
+        features = fe([w.numpy() for w in waves], sampling_rate=16000, return_tensors="pt").input_features
+        ref = reference(features).last_hidden_state
+    assert out.lengths.tolist() == [25, 65, 150]
+    assert out.hidden.shape == (3, 150, 16)
+    for b, n in enumerate(out.lengths.tolist()):
+        assert (out.hidden[b, :n] - ref[b, :n]).abs().max() < 1e-5
+        assert (out.hidden[b, n:] == 0).all()
+
+
+def test_loads_whisper_model_and_bare_encoder(checkpoint, tmp_path):
+    folder, reference = checkpoint
+    WhisperModel(WhisperConfig(**TINY)).save_pretrained(tmp_path / "model")
+    HFWhisperEncoder(WhisperConfig(**TINY)).save_pretrained(tmp_path / "bare")
+    for source in (tmp_path / "model", tmp_path / "bare"):
+        build(pretrained=str(source), config=None)
+    enc = build(pretrained=str(folder), config=dict(TINY, d_model=999))  # pretrained wins over config
+    assert torch.equal(enc.encoder.conv1.weight, reference.conv1.weight)
+
+
+@pytest.mark.parametrize("edit, name", [("drop", "layers.1.fc2.bias"), ("add", "layers.0.extra")])
+def test_strict_loading_names_the_key(checkpoint, tmp_path, edit, name):
+    folder, _ = checkpoint
+    state = load_file(folder / "model.safetensors")
+    key = "model.encoder." + name
+    if edit == "drop":
+        del state[key]
+    else:
+        state[key] = torch.zeros(3)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(WhisperLoadError, match=("missing" if edit == "drop" else "unexpected") + ".*" + name):
+        build(pretrained=str(tmp_path), config=None)
+
+
+# -- variable length -----------------------------------------------------------------------------------------
+def test_variable_length_batch_invariance():
+    enc = build().double()
+    waves = clips(0.5, 1.3, 3.0, 0.01 + 45 / 16000)
+    audio, lengths = batch([w.double() for w in waves])
+    with torch.no_grad():
+        out = enc(audio, lengths)
+        assert out.lengths.tolist() == [((len(w) // 160) - 1) // 2 + 1 for w in waves]
+        assert out.hidden.shape == (4, 150, 16) and out.hidden.dtype == torch.float64
+        for b, w in enumerate(waves):
+            alone = enc(w.double()[None], torch.tensor([len(w)]))
+            n = int(out.lengths[b])
+            assert alone.hidden.shape[1] == n
+            assert (alone.hidden[0] - out.hidden[b, :n]).abs().max() < 1e-10
+            assert (out.hidden[b, n:] == 0).all()
+
+
+def test_variable_length_ignores_what_the_padding_holds():
+    enc = build()
+    audio, lengths = batch(clips(0.5, 1.0))
+    noisy = audio.clone()
+    noisy[0, lengths[0]:] = 7.0
+    with torch.no_grad():
+        assert torch.equal(enc(audio, lengths).hidden, enc(noisy, lengths).hidden)
+
+
+# -- layer selection -----------------------------------------------------------------------------------------
+def test_layer_selection(checkpoint, fe):
+    folder, reference = checkpoint
+    waves = clips(1.0, 2.0)
+    audio, lengths = batch(waves)
+    features = fe([w.numpy() for w in waves], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        ref_states = reference(features, output_hidden_states=True).hidden_states
+        picked = build(pretrained=str(folder), config=None, pad_to_window=True, layer=1)(audio, lengths)
+        for b, n in enumerate(picked.lengths.tolist()):
+            assert (picked.hidden[b, :n] - ref_states[1][b, :n]).abs().max() < 1e-5
+
+        stacked = build(pretrained=str(folder), config=None, layer="all")
+        assert stacked.stacks_layers
+        all_out = stacked(audio, lengths)
+        assert all_out.hidden.shape == (2, 3, 100, 16)
+        assert (all_out.hidden[0, :, 50:] == 0).all()
+        last = build(pretrained=str(folder), config=None)(audio, lengths)
+        assert torch.allclose(all_out.hidden[:, -1], last.hidden, atol=1e-6)
+
+        weighted = build(pretrained=str(folder), config=None, layer="weighted")(audio, lengths)
+        assert torch.allclose(weighted.hidden, all_out.hidden.mean(1), atol=1e-6)
+
+
+def test_layer_two_equals_transformers_hidden_states_in_window_mode(fe):
+    config = dict(TINY, encoder_layers=3)
+    enc = build(config=config, pad_to_window=True, layer=2)
+    waves = clips(0.7)
+    features = fe([w.numpy() for w in waves], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        ref = enc.encoder(features, output_hidden_states=True).hidden_states
+        out = enc(*batch(waves))
+    assert len(ref) == 4
+    assert (out.hidden[0] - ref[2][0, : out.lengths[0]]).abs().max() < 1e-5
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case, message", [
+    ("empty", "clip 1 is empty"),
+    ("short", "clip 1 has 100 samples"),
+    ("nan", r"NaN or inf samples in clip\(s\) \[1\]"),
+    ("inf", r"NaN or inf samples in clip\(s\) \[1\]"),
+    ("stereo", "mono"),
+    ("long", "clip 1 is 31.00 s long"),
+])
+def test_bad_input(case, message):
+    enc = build()
+    audio, lengths = torch.zeros(2, 16000), torch.tensor([16000, 16000])
+    if case == "empty":
+        lengths[1] = 0
+    elif case == "short":
+        lengths[1] = 100
+    elif case in ("nan", "inf"):
+        audio[1, 500] = float("nan") if case == "nan" else float("inf")
+    elif case == "stereo":
+        audio = torch.zeros(2, 2, 16000)
+    elif case == "long":
+        audio, lengths = torch.zeros(2, 31 * 16000), torch.tensor([16000, 31 * 16000])
+    with pytest.raises(ValueError, match=message):
+        enc(audio, lengths)
+
+
+def test_silence_is_finite():
+    for pad_to_window in (False, True):
+        out = build(pad_to_window=pad_to_window)(torch.zeros(2, 16000), torch.tensor([16000, 8000]))
+        assert torch.isfinite(out.hidden).all()
+
+
+def test_half_precision_weights():
+    enc = build().to(torch.bfloat16)
+    out = enc(*batch(clips(0.5, 1.0)))
+    assert out.hidden.dtype == torch.bfloat16 and torch.isfinite(out.hidden.float()).all()
+
+
+# -- build ---------------------------------------------------------------------------------------------------
+def test_meta_build_counts_parameters():
+    config = dict(TINY, d_model=64, encoder_layers=3, encoder_ffn_dim=128)
+    with torch.device("meta"):
+        enc = WhisperEncoder(WhisperOptions(config=config, pretrained="no/such-repo"),
+                             BuildContext(card=None, meta=True))
+    assert all(p.is_meta for p in enc.parameters())
+    expected = sum(p.numel() for p in HFWhisperEncoder(WhisperConfig(**config)).parameters())
+    assert sum(p.numel() for p in enc.parameters()) == expected
+    assert (enc.output_dim, enc.frame_rate, enc.sampling_rate, enc.num_layers) == (64, 50.0, 16000, 3)
+
+
+def test_meta_build_without_config_offline_says_add_config():
+    with pytest.raises(WhisperLoadError, match="inline encoder.config"):
+        with torch.device("meta"):
+            WhisperEncoder(WhisperOptions(pretrained="/no/such/folder"), BuildContext(card=None, meta=True))
