@@ -1,0 +1,77 @@
+"""Pieces several adapters share: activations, a key-padding-masked transformer, masked pooling over time."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slmzoo.components import lengths_to_mask, zero_padding
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class MaskedTransformer(nn.Module):
+    """Pre-norm transformer encoder over ``[B, T, C]`` whose padded keys are masked, then a LayerNorm
+    (``final_norm``). Whisper's ``ResidualAttentionBlock`` layout; ``num_layers=0`` is the identity. Padded frames
+    come out zeroed.
+    """
+
+    def __init__(self, dim: int, num_layers: int, num_heads: int, ff_dim: int | None = None, dropout: float = 0.0,
+                 final_norm: bool = True):
+        super().__init__()
+        self.num_layers = num_layers
+        if num_layers == 0:
+            return
+        if dim % num_heads:
+            raise ValueError(f"transformer width {dim} is not divisible by num_heads={num_heads}")
+        layer = nn.TransformerEncoderLayer(dim, num_heads, ff_dim or 4 * dim, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        # enable_nested_tensor would only apply to post-norm layers; off to keep one code path
+        self.layers = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim) if final_norm else None,
+                                            enable_nested_tensor=False)
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``hidden [B, T, C]``, ``lengths [B]`` (each >= 1) -> ``[B, T, C]``."""
+        hidden = zero_padding(hidden, lengths)
+        if self.num_layers == 0:
+            return hidden
+        padded = ~lengths_to_mask(lengths, hidden.shape[1])
+        return zero_padding(self.layers(hidden, src_key_padding_mask=padded), lengths)
+
+
+def masked_avg_pool(hidden: torch.Tensor, lengths: torch.Tensor, k: int, keep_partial: bool):
+    """Average non-overlapping windows of ``k`` frames of ``hidden [B, T, ...]`` over real frames only.
+
+    ``keep_partial=False``: a trailing window with fewer than ``k`` real frames is dropped (lengths ``n // k``,
+    as ``AvgPool1d``); ``True``: it is kept as the mean of its real frames (lengths ``ceil(n / k)``).
+    Returns ``pooled [B, T', ...]`` (padded windows zeroed) and ``lengths [B]``.
+    """
+    batch, frames = hidden.shape[:2]
+    windows = -(-frames // k)
+    hidden = zero_padding(hidden, lengths)
+    hidden = nn.functional.pad(hidden, (0, 0) * (hidden.dim() - 2) + (0, windows * k - frames))
+    sums = hidden.reshape(batch, windows, k, *hidden.shape[2:]).sum(2)
+    counts = lengths_to_mask(lengths, windows * k).view(batch, windows, k).sum(2).clamp(min=1)
+    pooled = sums / counts.view(batch, windows, *([1] * (hidden.dim() - 2))).to(hidden.dtype)
+    if not keep_partial:
+        pooled = pooled[:, : frames // k]
+    new_lengths = -(-lengths // k) if keep_partial else lengths // k
+    return zero_padding(pooled, new_lengths), new_lengths
+
+
+def require_frames(name: str, context) -> None:
+    """Adapters over ``[B, T, C]`` cannot take an encoder that returns all its layers ``[B, L, T, C]``."""
+    if getattr(context, "encoder_layers_stacked", False):
+        raise ValueError(f"adapter {name}: the encoder returns all layers [B, L, T, C] (layer: all); pick one layer, "
+                         "use layer: weighted, or use the tltr adapter")
+
+
+def check_frames(name: str, hidden: torch.Tensor) -> None:
+    if hidden.dim() != 3:
+        raise ValueError(f"adapter {name}: expected encoder frames [B, T, C]; got {list(hidden.shape)}")

@@ -1,0 +1,60 @@
+"""``window_qformer``: a Q-Former over short windows, a few queries per window (SALMONN, Granite Speech).
+
+SALMONN: windows of 17 frames of 50 Hz (~0.33 s), stride 17, one query per window, a 2-layer Q-Former that
+cross-attends in every layer. Granite Speech: windows of 15 frames, 3 queries each (downsampling by 5).
+
+Windows start every ``stride`` frames and each is processed independently by transformers'
+``Blip2QFormerModel`` with the same learned queries. A clip of ``n`` frames has ``ceil(n / stride)`` windows;
+padded frames in its last, partial window are masked out of the cross-attention (SALMONN and Granite let the
+queries see the zero padding), and windows wholly in the padding are never computed, so a clip gives the same
+embeddings alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask, zero_padding
+from slmzoo_plugins.adapters.layers import check_frames, require_frames
+from slmzoo_plugins.adapters.qformer import build_qformer
+
+
+class WindowQFormerAdapter(Adapter):
+    """``hidden [B, T, C]`` -> ``embeds [B, ceil(T / stride) * num_queries, D]``."""
+
+    def __init__(self, options, context):
+        super().__init__()
+        require_frames("window_qformer", context)
+        self.window, self.stride = options.window, options.stride or options.window
+        self.num_queries = options.num_queries
+        self.input_norm = nn.LayerNorm(context.encoder_dim) if options.input_norm else nn.Identity()
+        self.query = nn.Parameter(torch.empty(1, options.num_queries, options.hidden_size).normal_(std=0.02))
+        self.qformer = build_qformer(options, context.encoder_dim)
+        self.linear = nn.Linear(options.hidden_size, context.llm_dim)
+        self.output_dim = context.llm_dim
+
+    def output_frame_rate(self, input_frame_rate: float) -> float:
+        return input_frame_rate / self.stride * self.num_queries
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:
+        """``hidden [B, T, C]``, ``lengths [B]`` -> ``embeds [B, W * Q, D]``, lengths ``ceil(n / stride) * Q``."""
+        check_frames("window_qformer", hidden)
+        batch, frames, _ = hidden.shape
+        num_windows = -(-lengths // self.stride)  # [B]
+        max_windows = -(-frames // self.stride)
+        # Pad so that every window start < T has a full window: [B, (W - 1) * stride + window, C]
+        pad = (max_windows - 1) * self.stride + self.window - frames
+        hidden = nn.functional.pad(self.input_norm(zero_padding(hidden, lengths)), (0, 0, 0, pad))
+        frame_mask = lengths_to_mask(lengths, frames + pad)
+        windows = hidden.unfold(1, self.window, self.stride).transpose(2, 3)  # [B, W, window, C]
+        window_masks = frame_mask.unfold(1, self.window, self.stride)  # [B, W, window]
+        valid = lengths_to_mask(num_windows, max_windows)  # [B, W]: windows with at least one real frame
+        windows, window_masks = windows[valid], window_masks[valid]  # [N, window, C], [N, window]
+        queries = self.query.expand(windows.shape[0], -1, -1).to(windows.dtype)
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=windows,
+                           encoder_attention_mask=window_masks.long())
+        projected = self.linear(out.last_hidden_state.to(self.linear.weight.dtype))  # [N, Q, D]
+        embeds = projected.new_zeros(batch, max_windows, self.num_queries, projected.shape[-1])
+        embeds[valid] = projected
+        return AdapterOutput(embeds=embeds.flatten(1, 2), lengths=num_windows * self.num_queries)
