@@ -1,0 +1,197 @@
+"""``clap``: the audio tower of LAION CLAP (HTSAT; transformers ``ClapAudioModel``), as Pengi and Audio Flamingo use it.
+
+Input is 48 kHz (``sampling_rate`` is the feature extractor's; the data pipeline resamples to it). Features as
+``ClapFeatureExtractor``, in torch: every clip is brought to the fixed 10 s window (``padding``: ``repeatpad`` tiles
+the clip ``int(max / n)`` times then zero-pads, ``repeat`` tiles and cuts, ``pad`` zero-pads), centred STFT (n_fft
+1024, hop 480, periodic Hann, reflect padding), power, mel filters (HTK without norm for ``fusion``, Slaney for
+``rand_trunc``, the same ``mel_filter_bank`` calls), ``10 log10(max(x, 1e-10))``.
+
+Deterministic where the original draws at random (a clip's output never depends on chance or on its batch):
+
+- ``truncation`` follows the model (``fusion`` when ``enable_fusion``, else ``rand_trunc``), since a model takes the
+  channels its patch embedding was built for. Clips longer than the window: ``rand_trunc`` keeps the first 10 s
+  (not a random crop); ``fusion`` takes its three local crops at the start of the front, middle and back thirds.
+- ``fusion`` marks a random clip of a batch without long clips as "longer"; that batch-dependent draw is left out.
+
+Output: ``frames`` are the last stage's states ``[B, C, f, t]`` reordered time-major ``[B, t * f, C]`` (for the
+released models ``t = 32``, ``f = 2`` over the 10 s window: 6.4 tokens/s); ``lengths`` count the time steps that start
+inside the clip's own audio, so the repeats and silence filling the window are dropped downstream. ``pooled`` is the
+pooled audio embedding as one frame. Swin stages differ in width and resolution, so ``layer`` must be ``last``.
+
+Weights: the audio tower of a ``ClapModel`` checkpoint (``audio_model.*``; the text tower, projections and logit
+scales are dropped) or a bare ``ClapAudioModel`` (``audio_encoder.*``), strictly: a missing or unexpected audio weight
+is an error that names it. The input ``batch_norm`` uses batch statistics in training mode, as the original.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask
+from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError, load_config, preprocessor_config
+
+# ClapFeatureExtractor's defaults.
+FEATURE_DEFAULTS = dict(feature_size=64, sampling_rate=48000, hop_length=480, max_length_s=10, fft_window_size=1024,
+                        frequency_min=0.0, frequency_max=14000.0, top_db=None, truncation=None, padding="repeatpad")
+OTHER_TOWERS = ("text_model.", "text_projection.", "audio_projection.", "logit_scale_a", "logit_scale_t")
+
+
+def _state_dict(pretrained: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a transformers checkpoint (folder or hub id), safetensors or ``pytorch_model.bin``."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        except Exception as error:
+            raise PretrainedLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error})") from None
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise PretrainedLoadError(f"encoder.pretrained: no model.safetensors or pytorch_model.bin in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(str(file)))
+        else:
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def load_audio_tower(model: torch.nn.Module, pretrained: str) -> None:
+    """Strictly load ``ClapAudioModel`` weights from a ``ClapModel`` or ``ClapAudioModel`` checkpoint."""
+    state = _state_dict(pretrained)
+    if any(k.startswith("audio_model.") for k in state):  # a ClapModel: keep the audio tower, drop the others
+        state = {k.removeprefix("audio_model."): v for k, v in state.items() if not k.startswith(OTHER_TOWERS)}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape)
+    problems = [f"missing weight {k}" for k in missing] + [f"unexpected weight {k}" for k in unexpected]
+    problems += [f"shape mismatch {w}" for w in wrong]
+    if problems:
+        raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} does not fit ClapAudioModel: "
+                                  + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+class ClapEncoder(Encoder):
+    """Waveforms ``[B, S]`` at 48 kHz -> CLAP audio states ``[B, t * f, C]`` (or the pooled embedding ``[B, 1, C]``)."""
+
+    def __init__(self, options, context):
+        super().__init__()
+        from transformers import ClapAudioConfig, ClapAudioModel
+        from transformers.audio_utils import mel_filter_bank
+
+        if options.layer != "last":
+            raise ValueError("encoder.layer: CLAP's Swin stages differ in width and resolution; only 'last' is "
+                             "supported")
+        config = load_config(ClapAudioConfig, options.pretrained, options.config, sub_config="audio_config")
+        self.model = ClapAudioModel(config)
+        if options.pretrained is not None and not context.from_config:
+            load_audio_tower(self.model, options.pretrained)
+        saved = preprocessor_config(options.pretrained) if options.feature_extractor is None else {}
+        fe = {**FEATURE_DEFAULTS, **{k: v for k, v in {**saved, **(options.feature_extractor or {})}.items()
+                                     if k in FEATURE_DEFAULTS}}
+        fe["truncation"] = "fusion" if config.enable_fusion else "rand_trunc"
+        self.fe, self.fusion = fe, config.enable_fusion
+        if fe["padding"] not in ("repeatpad", "repeat", "pad"):
+            raise ValueError(f"encoder.feature_extractor.padding: {fe['padding']!r} (repeatpad, repeat, pad)")
+        self.sampling_rate = int(fe["sampling_rate"])
+        self.max_samples = int(fe["max_length_s"] * fe["sampling_rate"])
+        self.hop, self.n_fft = int(fe["hop_length"]), int(fe["fft_window_size"])
+        filters = mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=fe["feature_size"],
+                                  min_frequency=fe["frequency_min"], max_frequency=fe["frequency_max"],
+                                  sampling_rate=fe["sampling_rate"], **(dict(norm=None, mel_scale="htk") if self.fusion
+                                                                         else dict(norm="slaney", mel_scale="slaney")))
+        self.register_buffer("mel_filters", torch.from_numpy(filters).float(), persistent=False)
+        self.output = options.output
+        self.output_dim = config.hidden_size
+        # The square spec_size image shrinks by patch_stride * 2 ** (stages - 1) to [steps, steps]; the encoder
+        # regroups it into f = steps // freq_ratio frequency and t = steps * freq_ratio time positions.
+        stride = config.patch_stride if isinstance(config.patch_stride, int) else config.patch_stride[1]
+        steps = config.spec_size // stride // 2 ** (len(config.depths) - 1)
+        freq_ratio = self.model.audio_encoder.freq_ratio
+        self.time_steps, self.freq_steps = steps * freq_ratio, steps // freq_ratio
+        window_s = fe["max_length_s"]
+        self.frame_rate = self.time_steps * self.freq_steps / window_s if options.output == "frames" else 1 / window_s
+
+    def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
+        if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:
+            raise ValueError(f"clap encoder: expected audio [B, S] (mono, {self.sampling_rate} Hz) and lengths [B]; "
+                             f"got {list(audio.shape)} and {list(lengths.shape)}")
+        for b, n in enumerate(lengths.tolist()):
+            if n > audio.shape[1]:
+                raise ValueError(f"clap encoder: clip {b} has length {n} > audio width {audio.shape[1]}")
+            if n <= self.n_fft // 2:
+                raise ValueError(f"clap encoder: clip {b} has {n} samples; more than {self.n_fft // 2} are needed")
+        bad = (~torch.isfinite(audio) & lengths_to_mask(lengths, audio.shape[1])).any(dim=1)
+        if bad.any():
+            raise ValueError(f"clap encoder: NaN or inf samples in clip(s) {bad.nonzero().flatten().tolist()}")
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """``wave [S]`` -> ``[frames, n_mels]`` dB mel, ``frames = 1 + S // hop``."""
+        window = torch.hann_window(self.n_fft, periodic=True, device=wave.device)
+        power = torch.stft(wave, self.n_fft, self.hop, window=window, center=True, pad_mode="reflect",
+                           return_complex=True).abs().pow(2)
+        mel = 10.0 * torch.log10(torch.clamp(self.mel_filters.float().T @ power, min=1e-10))
+        if self.fe["top_db"] is not None:
+            mel = torch.maximum(mel, mel.max() - self.fe["top_db"])
+        return mel.T
+
+    def clip_features(self, wave: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """One clip ``[n]`` -> ``input_features [channels, frames, n_mels]`` and ``is_longer``."""
+        n, max_n = wave.shape[0], self.max_samples
+        if n > max_n and not self.fusion:
+            return self.log_mel(wave[:max_n])[None], True
+        if n > max_n:  # fusion: the whole clip shrunk to the window + three crops, each at the start of its third
+            mel = self.log_mel(wave)
+            chunk, total = max_n // self.hop + 1, mel.shape[0]
+            if chunk == total:
+                return mel[None].expand(4, -1, -1), False
+            starts = [r[0] if len(r) else 0 for r in np.array_split(np.arange(total - chunk + 1), 3)]
+            shrunk = torch.nn.functional.interpolate(mel[None, None], size=[chunk, mel.shape[1]], mode="bilinear",
+                                                     align_corners=False)[0, 0]
+            return torch.stack([shrunk] + [mel[s: s + chunk] for s in starts]), True
+        if n < max_n and self.fe["padding"] != "pad":
+            repeats = max_n // n + (1 if self.fe["padding"] == "repeat" else 0)
+            wave = wave.repeat(repeats)[:max_n]
+        wave = torch.nn.functional.pad(wave, (0, max_n - wave.shape[0]))
+        mel = self.log_mel(wave)
+        return (mel[None].expand(4, -1, -1) if self.fusion else mel[None]), False
+
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``audio [B, S]`` -> ``input_features [B, 1 or 4, frames, n_mels]`` float32, ``is_longer [B, 1]``."""
+        clips = [self.clip_features(audio[b, :n].float()) for b, n in enumerate(lengths.tolist())]
+        feats = torch.stack([c[0] for c in clips])
+        return feats, torch.tensor([[c[1]] for c in clips], device=audio.device)
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """``audio [B, S]``, ``lengths [B]`` samples -> ``hidden [B, t * f, C]`` (or ``[B, 1, C]`` pooled) and
+        ``lengths [B]``; frames past ``lengths`` zeroed."""
+        self._check(audio, lengths)
+        feats, is_longer = self.features(audio, lengths)
+        out = self.model(feats.to(self.model.audio_encoder.patch_embed.proj.weight.dtype), is_longer=is_longer)
+        B = feats.shape[0]
+        if self.output == "pooled":
+            return EncoderOutput(hidden=out.pooler_output[:, None],
+                                 lengths=torch.ones(B, dtype=torch.long, device=feats.device))
+        grid = out.last_hidden_state  # [B, C, f, t]
+        f, t = grid.shape[2], grid.shape[3]
+        hidden = grid.permute(0, 3, 2, 1).reshape(B, t * f, -1)  # time-major: t * f + f_index
+        # Time steps starting inside the clip's own audio (the window is resampled to t steps by HTSAT).
+        covered = torch.clamp(lengths.to(feats.device), max=self.max_samples) * t
+        steps = torch.clamp(-(-covered // self.max_samples), 1, t)
+        out_lengths = steps * f
+        hidden = hidden * lengths_to_mask(out_lengths, t * f)[..., None].to(hidden.dtype)
+        return EncoderOutput(hidden=hidden, lengths=out_lengths)
