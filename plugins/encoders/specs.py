@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slmzoo import hookimpl
 from slmzoo.registry import ComponentOptions, ComponentSpec
@@ -32,10 +32,146 @@ class WhisperOptions(EncoderOptions):
     )
 
 
+class SSLOptions(EncoderOptions):
+    """A wav2vec2-family encoder (HuBERT, WavLM, wav2vec 2.0) on raw waveforms."""
+
+    pretrained: str | None = Field(None, description="Hub id or local folder of a checkpoint (transformers format).")
+    config: dict[str, Any] | None = Field(
+        None, description="Inline model config fields: a randomly initialised encoder (used with --meta too); "
+        "with pretrained, overrides of the checkpoint's config (e.g. layerdrop, mask_time_prob).",
+    )
+    normalize: bool | None = Field(
+        None, description="Zero-mean unit-variance per clip over its own samples; default: the checkpoint's "
+        "feature extractor do_normalize (True without one).",
+    )
+
+
+class ConformerOptions(SSLOptions):
+    """A Conformer encoder: FastConformer (Parakeet, log-mel in) or wav2vec2-Conformer (waveform in)."""
+
+    variant: Literal["fastconformer", "wav2vec2_conformer"] = Field(
+        "fastconformer", description="fastconformer: transformers' ParakeetEncoder, 12.5 frames/s; "
+        "wav2vec2_conformer: Wav2Vec2ConformerModel, 50 frames/s.",
+    )
+
+
+class BEATsOptions(EncoderOptions):
+    """Microsoft BEATs on raw waveforms (own implementation of the official code; loads its .pt checkpoints)."""
+
+    pretrained: str | None = Field(
+        None, description="Path to an official BEATs checkpoint (.pt with 'cfg' and 'model').")
+    config: dict[str, Any] | None = Field(
+        None, description="Inline BEATsConfig fields (official names) for random weights (used with --meta too); "
+        "with pretrained, overrides of the checkpoint's cfg (e.g. dropout).",
+    )
+
+
+class ASTOptions(EncoderOptions):
+    """Audio Spectrogram Transformer (transformers ASTModel), features as ASTFeatureExtractor."""
+
+    pretrained: str | None = Field(
+        None, description="Hub id or local folder of an AST checkpoint (transformers format).")
+    config: dict[str, Any] | None = Field(
+        None, description="Inline ASTConfig fields for random weights (used with --meta too); with pretrained, "
+        "overrides.")
+    output: Literal["patches", "frames", "pooled"] = Field(
+        "patches", description="patches: every patch token, time-major [B, t*f, C]; frames: patches averaged over "
+        "frequency [B, t, C]; pooled: the mean of the CLS and distillation tokens as one frame.",
+    )
+
+
+class ClapOptions(EncoderOptions):
+    """The CLAP audio tower (transformers ClapAudioModel, HTSAT), features as ClapFeatureExtractor."""
+
+    pretrained: str | None = Field(None, description="Hub id or local folder of a CLAP checkpoint (ClapModel or "
+                                   "ClapAudioModel, transformers format).")
+    config: dict[str, Any] | None = Field(
+        None, description="Inline ClapAudioConfig fields for random weights (used with --meta too).")
+    feature_extractor: dict[str, Any] | None = Field(
+        None, description="ClapFeatureExtractor settings; default: the checkpoint's preprocessor_config.json.")
+    output: Literal["frames", "pooled"] = Field(
+        "frames", description="frames: the last stage's patch states, time-major [B, t*f, C]; pooled: the pooled "
+        "audio embedding as one frame.",
+    )
+
+
+class MultiOptions(ComponentOptions):
+    """Several encoders side by side; outputs aligned to one frame rate and concatenated on channels."""
+
+    encoders: list[dict[str, Any]] = Field(
+        ..., min_length=1, description="Encoder blocks ({type: NAME, ...its options}), each validated against the "
+        "options of its registered encoder.",
+    )
+    align: Literal["first", "max", "min"] = Field(
+        "first", description="Target frame rate (and lengths): the first encoder's, the highest or the lowest.")
+    resample: Literal["nearest", "linear", "pool"] = Field(
+        "linear", description="How other encoders' frames reach the target rate, by time: nearest frame, linear "
+        "interpolation, or averaging the frames each target frame covers.",
+    )
+
+    @model_validator(mode="after")
+    def _validate_encoders(self):
+        """Each block against its encoder's options; errors carry ``encoders.<i>.<key>`` so cards point at them."""
+        from pydantic import ValidationError
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        from slmzoo.card.errors import did_you_mean
+        from slmzoo.plugins import registry
+
+        errors, blocks = [], []
+        for i, block in enumerate(self.encoders):
+            name = block.get("type")
+            spec = registry().get("encoder", name) if isinstance(name, str) else None
+            if spec is None:
+                names = registry().names("encoder")
+                hint = did_you_mean(name, names) or f"registered: {', '.join(names)}"
+                errors.append(InitErrorDetails(type=PydanticCustomError("unknown_encoder",
+                                               f"unknown encoder {name!r} ({hint})"), loc=("encoders", i, "type"),
+                                               input=name))
+                continue
+            try:
+                options = spec.options.model_validate({k: v for k, v in block.items() if k != "type"})
+            except ValidationError as error:  # same types (the card maps extra_forbidden, missing), longer loc
+                errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), input=e.get("input"),
+                                            loc=("encoders", i, *e["loc"])) for e in error.errors()]
+                continue
+            blocks.append({"type": spec.name, **options.model_dump(mode="json")})
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        self.encoders = blocks  # explicit and normalised, as the resolved card shows every other block
+        return self
+
+
 @hookimpl
 def slmzoo_register_components(register):
+    for name, title, factory in (("hubert", "HuBERT", "HubertEncoder"), ("wavlm", "WavLM", "WavLMEncoder"),
+                                 ("wav2vec2", "wav2vec 2.0", "Wav2Vec2Encoder")):
+        register(ComponentSpec(
+            kind="encoder", name=name, options=SSLOptions, factory=f"slmzoo_plugins.encoders.ssl:{factory}",
+            description=f"{title} (conv feature encoder + transformer) on raw waveforms, 50 frames/s.",
+        ))
+    register(ComponentSpec(
+        kind="encoder", name="conformer", options=ConformerOptions, factory="slmzoo_plugins.encoders.conformer:Conformer",
+        description="Conformer: FastConformer/Parakeet (log-mel, 12.5 frames/s) or wav2vec2-Conformer (50 frames/s).",
+    ))
     register(ComponentSpec(
         kind="encoder", name="whisper",
         description="Whisper encoder (log-mel + conv + transformer), variable length by default, 50 frames/s.",
         options=WhisperOptions, factory="slmzoo_plugins.encoders.whisper:WhisperEncoder",
+    ))
+    register(ComponentSpec(
+        kind="encoder", name="beats", options=BEATsOptions, factory="slmzoo_plugins.encoders.beats:BEATsEncoder",
+        description="BEATs audio encoder (Kaldi fbank + 16x16 patches + transformer), 50 tokens/s (8 per 160 ms).",
+    ))
+    register(ComponentSpec(
+        kind="encoder", name="ast", options=ASTOptions, factory="slmzoo_plugins.encoders.ast:ASTEncoder",
+        description="Audio Spectrogram Transformer (Kaldi fbank, fixed 10.24 s window), as used by LTU and GAMA.",
+    ))
+    register(ComponentSpec(
+        kind="encoder", name="clap", options=ClapOptions, factory="slmzoo_plugins.encoders.clap:ClapEncoder",
+        description="CLAP audio tower (HTSAT, 48 kHz, fixed 10 s window), as used by Pengi and Audio Flamingo.",
+    ))
+    register(ComponentSpec(
+        kind="encoder", name="multi", options=MultiOptions, factory="slmzoo_plugins.encoders.multi:MultiEncoder",
+        description="Several encoders side by side (SALMONN: Whisper + BEATs), aligned in time and concatenated.",
     ))

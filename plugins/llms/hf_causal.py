@@ -20,8 +20,12 @@ def _load_tokenizer(options, prompt, meta: bool, specials: tuple[str, ...]):
     source = options.tokenizer or options.pretrained
     if source is None or source == BYTES:
         return byte_level_tokenizer([*specials, prompt.audio_tag]), True
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    if meta and not Path(source).is_dir():  # a meta build only counts parameters: never reach for the hub
+        return byte_level_tokenizer([*specials, prompt.audio_tag]), True
     try:
         return AutoTokenizer.from_pretrained(source), False
     except Exception as error:

@@ -37,8 +37,23 @@ def _first_model(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _block_fields(data: Any, path: tuple, kind: str | None) -> list[str]:
+    """Option names of a nested component block (e.g. a ``multi`` encoder's ``encoders[i]``)."""
+    from slmzoo.plugins import registry
+
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return []
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return []
+    spec = registry().get(kind, data["type"]) if kind else None
+    return ["type", *spec.options.model_fields] if spec else []
+
+
 def _issues(error: ValidationError, model: type[BaseModel], prefix: tuple, smap: SourceMap,
-            default_file: str) -> list[CardIssue]:
+            default_file: str, data: Any = None) -> list[CardIssue]:
     issues = []
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
@@ -48,7 +63,8 @@ def _issues(error: ValidationError, model: type[BaseModel], prefix: tuple, smap:
         hint = None
         if kind == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
-            fields = list(parent.model_fields) if parent else []
+            fields = list(parent.model_fields) if parent else _block_fields(
+                data, prefix + loc[:-1], SECTION_KINDS.get(prefix[0]) if prefix else None)
             message = "unknown option" if prefix else "unknown key"
             hint = did_you_mean(loc[-1], fields) or (f"allowed: {', '.join(fields)}" if fields else None)
         elif kind == "missing":
@@ -93,7 +109,7 @@ def validate(data: dict, smap: SourceMap, default_file: str = "<card>"):
             options[section] = spec.options.model_validate({k: v for k, v in block.items() if k != "type"})
             blocks[section] = {"type": spec.name, **options[section].model_dump(mode="json")}
         except ValidationError as error:
-            issues += _issues(error, spec.options, (section,), smap, default_file)
+            issues += _issues(error, spec.options, (section,), smap, default_file, data)
 
     if issues:
         raise CardError(issues)

@@ -1,0 +1,151 @@
+"""``conformer``: Conformer speech encoders, by ``variant``.
+
+- ``fastconformer``: NVIDIA's FastConformer as transformers' ``ParakeetEncoder`` (``model.*`` here), on NeMo-style
+  log-mel features computed in torch exactly as ``ParakeetFeatureExtractor`` does: pre-emphasis, centred STFT
+  (zero padding, hann window ``periodic=False``), power spectrum, slaney mels, ``log(mel + 2**-24)``, then per-clip,
+  per-feature mean/std over the clip's own frames. 8x conv subsampling: 12.5 frames/s. Loads from a bare encoder or
+  a ``ParakeetForCTC`` / ``ParakeetForTDT`` checkpoint (its decoder and heads are dropped).
+- ``wav2vec2_conformer``: transformers' ``Wav2Vec2ConformerModel`` on waveforms, like the ``wav2vec2`` encoder.
+  Its convolution modules do not mask padding (the depthwise conv would pull padded frames into real ones), so the
+  depthwise input is zeroed on padded frames here, as FastConformer does.
+
+Every clip's output is the same alone or in any batch (inference mode; training-mode BatchNorm uses batch stats).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import ParakeetEncoder, ParakeetEncoderConfig, Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
+
+from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask, zero_padding
+from slmzoo_plugins.encoders.hf_loading import build_hf_model, preprocessor_config
+from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.ssl import SSLEncoder, check_waveforms
+
+LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
+NORM_EPSILON = 1e-5  # ParakeetFeatureExtractor: EPSILON, added to the std
+
+
+class ParakeetLogMel(nn.Module):
+    """``audio [B, S]``, ``lengths [B]`` -> normalised log-mel ``[B, T, n_mels]`` zero on padding, ``lengths [B]``.
+
+    Batched, yet each clip's features depend on its own samples only: the STFT frames counted valid end at most
+    ``n_fft / 2 - hop`` samples past the clip, where both the batch padding and the clip's own centring pad are 0.
+    """
+
+    def __init__(self, feature_size=80, sampling_rate=16000, hop_length=160, n_fft=512, win_length=400,
+                 preemphasis=0.97, **_):
+        super().__init__()
+        from transformers.audio_utils import mel_filter_bank
+
+        self.hop_length, self.n_fft, self.win_length, self.preemphasis = hop_length, n_fft, win_length, preemphasis
+        filters = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=feature_size, min_frequency=0.0,
+                                  max_frequency=sampling_rate / 2, sampling_rate=sampling_rate, norm="slaney",
+                                  mel_scale="slaney", dtype=np.float32)
+        # Not persistent: derived from the settings, never a weight to save or load.
+        self.register_buffer("mel_filters", torch.from_numpy(np.ascontiguousarray(filters.T)), persistent=False)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths + self.n_fft // 2 * 2 - self.n_fft, self.hop_length, rounding_mode="floor")
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        audio = audio.float() * lengths_to_mask(lengths, audio.shape[1])
+        if self.preemphasis:
+            audio = torch.cat([audio[:, :1], audio[:, 1:] - self.preemphasis * audio[:, :-1]], dim=1)
+            audio = audio * lengths_to_mask(lengths, audio.shape[1])
+        window = torch.hann_window(self.win_length, periodic=False, device=audio.device)
+        stft = torch.stft(audio, self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
+                          return_complex=True, pad_mode="constant")
+        power = torch.view_as_real(stft).pow(2).sum(-1).sqrt().pow(2)  # the reference's exact op order
+        features = torch.log(self.mel_filters.to(power.device) @ power + LOG_ZERO_GUARD).transpose(1, 2)
+        frames = self.output_lengths(lengths)
+        mask = lengths_to_mask(frames, features.shape[1])[..., None]
+        count = frames[:, None, None].to(features.dtype)
+        mean = (features * mask).sum(1, keepdim=True) / count
+        variance = (((features * mask) - mean) ** 2 * mask).sum(1, keepdim=True) / (count - 1)
+        features = (features - mean) / (variance.sqrt() + NORM_EPSILON) * mask
+        # The centred STFT has one frame more than the extractor counts valid; it is zero here, drop it.
+        return features[:, : int(frames.max())], frames
+
+
+class FastConformerEncoder(Encoder):
+    """``audio [B, S]``, ``lengths [B]`` -> ``EncoderOutput(hidden [B, T, C], lengths [B])``, 12.5 frames/s."""
+
+    name = "conformer"
+    sampling_rate = 16000
+
+    def __init__(self, options, context=None):
+        super().__init__()
+        if options.normalize is not None:
+            raise ValueError(f"{self.name}: normalize applies to variant wav2vec2_conformer only; fastconformer "
+                             "normalises its log-mel features per clip as its feature extractor does")
+        self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig, pretrained=options.pretrained,
+                                    config=options.config, context=context, sub_config="encoder_config")
+        config = self.model.config
+        settings = {"feature_size": config.num_mel_bins, **preprocessor_config(options.pretrained, context)}
+        if settings.get("sampling_rate", 16000) != 16000 or settings["feature_size"] != config.num_mel_bins:
+            raise ValueError(f"{self.name}: feature extractor settings {settings} do not fit the encoder "
+                             f"(16 kHz, {config.num_mel_bins} mel bins)")
+        self.features = ParakeetLogMel(**settings)
+        self.num_layers = config.num_hidden_layers
+        self.selection = LayerSelection(options.layer, self.num_layers)
+        self.stacks_layers = self.selection.stacks_layers
+        self.output_dim = config.hidden_size
+        self.frame_rate = self.sampling_rate / self.features.hop_length / config.subsampling_factor
+        # The per-feature std divides by (frames - 1): a clip needs two feature frames.
+        self.min_samples = 2 * self.features.hop_length + self.features.n_fft - self.features.n_fft // 2 * 2
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """``audio [B, S]`` zero-padded 16 kHz, ``lengths [B]`` samples -> ``[B, T, C]`` (or ``[B, L+1, T, C]``)."""
+        lengths = check_waveforms(audio, lengths, self.min_samples, self.name)
+        features, feature_lengths = self.features(audio[:, : int(lengths.max())], lengths)
+        mask = lengths_to_mask(feature_lengths, features.shape[1]).long()
+        out = self.model(features, attention_mask=mask, output_hidden_states=self.selection.needs_all_states)
+        frames = self.model._get_subsampling_output_length(feature_lengths).long()
+        states = out.hidden_states if self.selection.needs_all_states else (out.last_hidden_state,)
+        hidden = self.selection([zero_padding(state, frames) for state in states])
+        return EncoderOutput(hidden=hidden, lengths=frames)
+
+
+class MaskedDepthwiseConv1d(nn.Conv1d):
+    """A depthwise conv that zeroes its input on padded frames first (``frame_mask [B, 1, T]``, set per batch).
+
+    The mask stays set after the forward: activation checkpointing reruns this conv during backward.
+    """
+
+    frame_mask: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.frame_mask is not None:
+            if self.frame_mask.shape[::2] != hidden.shape[::2]:
+                raise RuntimeError(f"frame mask {list(self.frame_mask.shape)} does not fit {list(hidden.shape)}: "
+                                   "call the conformer encoder, not its model directly")
+            hidden = hidden * self.frame_mask.to(hidden.dtype)
+        return super().forward(hidden)
+
+
+class Wav2Vec2ConformerEncoder(SSLEncoder):
+    """``Wav2Vec2ConformerModel`` as an :class:`SSLEncoder`, its conv modules masked."""
+
+    name, model_class, config_class = "conformer", Wav2Vec2ConformerModel, Wav2Vec2ConformerConfig
+
+    def __init__(self, options, context=None):
+        super().__init__(options, context)
+        for layer in self.model.encoder.layers:
+            layer.conv_module.depthwise_conv.__class__ = MaskedDepthwiseConv1d  # same weights, masked input
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        frames = self.output_lengths(check_waveforms(audio, lengths, self.min_samples, self.name))
+        frame_mask = lengths_to_mask(frames, int(frames.max()))[:, None, :]
+        for layer in self.model.encoder.layers:
+            layer.conv_module.depthwise_conv.frame_mask = frame_mask
+        return super().forward(audio, lengths)
+
+
+def Conformer(options, context=None) -> Encoder:
+    """The ``conformer`` factory: picks the implementation by ``options.variant``."""
+    if options.variant == "fastconformer":
+        return FastConformerEncoder(options, context)
+    return Wav2Vec2ConformerEncoder(options, context)

@@ -1,0 +1,118 @@
+"""Build a transformers backbone three ways: from an inline config (random weights, offline), strictly from a
+pretrained checkpoint (hub id or local folder in transformers format), or on the meta device (no weights).
+
+Strict means: a weight the model needs that the checkpoint lacks, one of the backbone's own weights the model does
+not know, or a shape mismatch is an error naming every such key. The one thing dropped quietly is what lies outside
+the backbone in a task checkpoint (``lm_head.*`` of a ``HubertForCTC``, ``quantizer.*`` of a
+``Wav2Vec2ForPreTraining``, ``ctc_head.*`` of a ``ParakeetForCTC``): the encoder is a part of that model by design.
+
+Any encoder wrapping a ``PreTrainedModel`` can use :func:`build_hf_model`, e.g. Whisper with
+``build_hf_model(WhisperEncoder, WhisperConfig, ...)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class PretrainedLoadError(ValueError):
+    """A checkpoint that does not fit the model exactly, or cannot be read."""
+
+
+def load_config(config_class, pretrained: str | None = None, config: dict[str, Any] | None = None,
+                sub_config: str | None = None):
+    """The model config: ``config_class(**config)``, or the checkpoint's config with ``config`` as overrides.
+
+    ``sub_config`` names the attribute holding the backbone's config inside a composite checkpoint (e.g.
+    ``encoder_config`` of ``ParakeetCTCConfig``). Overrides that change shapes fail later, at loading.
+    """
+    if pretrained is None:
+        if config is None:
+            raise PretrainedLoadError("encoder: give pretrained (a hub id or a local folder) or an inline config")
+        return config_class(**config)
+    from transformers import AutoConfig
+
+    try:
+        loaded = AutoConfig.from_pretrained(pretrained)
+    except Exception as error:  # offline, a typo, a private repo: say which and how to build without it
+        raise PretrainedLoadError(f"encoder.pretrained: cannot read the config of {pretrained!r} ({error}); "
+                                  "offline, use a local folder or an inline encoder.config") from None
+    backbone = loaded if isinstance(loaded, config_class) else getattr(loaded, sub_config or "", None)
+    if not isinstance(backbone, config_class):
+        raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} is a {type(loaded).__name__} checkpoint, "
+                                  f"expected {config_class.__name__}")
+    backbone.architectures = loaded.architectures  # tells a task checkpoint from a bare backbone (see below)
+    for key, value in (config or {}).items():
+        setattr(backbone, key, value)
+    return backbone
+
+
+def load_strict(model_class, pretrained: str, config):
+    """``model_class.from_pretrained`` that refuses any missing, unexpected or mismatched weight, naming them."""
+    import torch
+
+    try:
+        model, info = model_class.from_pretrained(pretrained, config=config, dtype=torch.float32,
+                                                  output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, EnvironmentError) as error:
+        raise PretrainedLoadError(f"encoder.pretrained: cannot load weights of {pretrained!r} ({error})") from None
+    prefix = model_class.base_model_prefix + "."
+    # A task checkpoint (architectures name another class) carries heads outside the backbone: keys without the
+    # backbone's prefix. Keys under the prefix that the model does not know are real mismatches.
+    task = any(name != model_class.__name__ for name in (config.architectures or []))
+    unexpected = sorted(k for k in info["unexpected_keys"] if not task or k.startswith(prefix))
+    problems = [f"missing weight {k}" for k in sorted(info["missing_keys"])]
+    problems += [f"unexpected weight {k}" for k in unexpected]
+    for mismatch in sorted(info["mismatched_keys"]):  # (key, checkpoint shape, model shape)
+        key, *shapes = mismatch if isinstance(mismatch, tuple) else (mismatch,)
+        shapes = f": checkpoint {list(shapes[0])}, model {list(shapes[1])}" if len(shapes) == 2 else ""
+        problems.append(f"shape mismatch {key}{shapes}")
+    if problems:
+        raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} does not fit {model_class.__name__}: "
+                                  + "; ".join(problems))
+    return model
+
+
+def build_hf_model(model_class, config_class, *, pretrained: str | None = None,
+                   config: dict[str, Any] | None = None, context=None, sub_config: str | None = None):
+    """The backbone for a component factory.
+
+    ``context.meta`` (inside ``torch.device('meta')``) or ``context.load_weights=False`` build from a config only:
+    the inline one when given (no download: cards carry the published dimensions for offline ``--meta`` builds),
+    else the checkpoint's via ``AutoConfig``. Otherwise a pretrained checkpoint loads strictly, its config updated
+    by the inline one (fields that change shapes then fail as shape mismatches), and an inline config alone gives
+    random weights.
+    """
+    from_config = bool(getattr(context, "meta", False) or not getattr(context, "load_weights", True))
+    if from_config and config is not None:
+        pretrained = None
+    model_config = load_config(config_class, pretrained, config, sub_config)
+    if pretrained is None or from_config:
+        model = model_class(model_config)
+        # torch.Tensor(...) ignores the device context (HubertModel.masked_spec_embed): move what it allocated.
+        return model.to("meta") if getattr(context, "meta", False) else model
+    return load_strict(model_class, pretrained, model_config)
+
+
+def preprocessor_config(pretrained: str | None, context=None) -> dict[str, Any]:
+    """The checkpoint's ``preprocessor_config.json`` (feature extractor settings); ``{}`` when it has none.
+
+    ``{}`` on meta builds too: nothing runs there, and they must not download.
+    """
+    if pretrained is None or getattr(context, "meta", False):
+        return {}
+    path = Path(pretrained) / "preprocessor_config.json"
+    if not Path(pretrained).is_dir():
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = Path(hf_hub_download(pretrained, "preprocessor_config.json"))
+        except EntryNotFoundError:  # a repo without one: the feature extractor's defaults apply
+            return {}
+        except Exception as error:
+            raise PretrainedLoadError(f"encoder.pretrained: cannot read the feature extractor settings of "
+                                      f"{pretrained!r} ({error}); offline, use a local folder") from None
+    return json.loads(path.read_text()) if path.exists() else {}
