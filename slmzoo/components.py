@@ -103,7 +103,9 @@ class Fusion(nn.Module):
         labels: torch.Tensor | None = None,
         padding_side: str = "right",
     ) -> FusedInputs:  # pragma: no cover - abstract
-        """``input_ids [B, L]`` hold one audio tag per entry of ``audio_embeds`` (each ``[T_i, D]``), in order."""
+        """``input_ids [B, L]`` hold one audio tag per entry of ``audio_embeds``, in order. Each entry is a
+        clip's valid ``[T_i, D]`` embeddings or, when the adapter maps audio to tokens (sets
+        ``AdapterOutput.units``), its ``[T_i]`` long unit ids, which the fusion embeds (``token_space``)."""
         raise NotImplementedError
 
 
@@ -113,6 +115,7 @@ class LanguageModel(nn.Module):
     hidden_size: int
     tokenizer: Any
     audio_token_id: int
+    is_encoder_decoder: bool = False  # True: inputs_embeds feed the encoder, labels are the decoder's targets
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

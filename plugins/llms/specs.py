@@ -36,8 +36,21 @@ class HFCausalOptions(ComponentOptions):
     lora: LoraOptions | None = Field(None, description="LoRA adapters on the LLM; omit for none.")
 
 
+class HFSeq2SeqOptions(HFCausalOptions):
+    """Any Hugging Face encoder-decoder LM (``AutoModelForSeq2SeqLM``: T5, Flan-T5); same options as hf_causal.
+
+    The fused prompt goes to the encoder, the response to the decoder. T5's projections are named
+    ``q``, ``k``, ``v``, ``o``: LoRA ``target_modules`` must say so.
+    """
+
+
 @hookimpl
 def slmzoo_register_components(register):
+    register(ComponentSpec(
+        kind="llm", name="hf_seq2seq",
+        description="Any transformers encoder-decoder LM (T5, Flan-T5): prompt to the encoder, answer to the decoder.",
+        options=HFSeq2SeqOptions, factory="slmzoo_plugins.llms.hf_seq2seq:HFSeq2SeqLM",
+    ))
     register(ComponentSpec(
         kind="llm", name="hf_causal",
         description="Any transformers causal LM: hub id, local folder or inline config; LoRA via peft.",

@@ -1,0 +1,149 @@
+"""Shared pieces of the fusions that keep audio out of the token sequence and attend to it as *memory*
+(``cross_attention``, ``gated_xattn``, ``adapter_prompt``), plus re-padding helpers for ``prefix``.
+
+A memory fusion's ``fuse`` removes the audio tags (and their label positions) from the prompt, pads each
+row's clips (concatenated in tag order) into ``memory [B, M, D]`` with ``memory_mask [B, M]``, and stores
+them on the fusion (:class:`AudioMemory`) for the duration of the following forward or ``generate``: the
+next ``fuse`` replaces them. The fusion's module hooks read them on every call, so tokens generated with
+the KV cache attend to the audio too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slmzoo.components import lengths_to_mask
+from slmzoo.prompting import IGNORE_INDEX
+
+
+def llm_dtype(llm) -> torch.dtype:
+    """The LLM's floating dtype: fusion weights are created in it so activations never change dtype."""
+    return next((p.dtype for p in llm.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
+def audio_tag_counts(llm, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_audio: int) -> list[int]:
+    """Audio tags per row of ``input_ids [B, L]``; checks they match the ``num_audio`` clips given."""
+    counts = ((input_ids == llm.audio_token_id) & attention_mask.bool()).sum(-1).tolist()
+    if sum(counts) != num_audio:
+        raise ValueError(f"the batch has {sum(counts)} audio tags but {num_audio} audio segments")
+    return counts
+
+
+def drop_audio_tags(llm, input_ids, attention_mask, labels=None, padding_side="right"):
+    """Remove the audio tags (and their label positions) from ``input_ids [B, L]``; rows are re-padded
+    on ``padding_side`` with the pad id. Returns ``(input_ids, attention_mask, labels)``."""
+    keep = attention_mask.bool() & (input_ids != llm.audio_token_id)
+    rows = [input_ids[b][keep[b]] for b in range(input_ids.shape[0])]
+    label_rows = None if labels is None else [labels[b][keep[b]] for b in range(labels.shape[0])]
+    width = max(max(r.numel() for r in rows), 1)
+    pad_id = llm.tokenizer.pad_token_id or 0
+    ids = input_ids.new_full((len(rows), width), pad_id)
+    mask = attention_mask.new_zeros(len(rows), width)
+    new_labels = None if labels is None else labels.new_full((len(rows), width), IGNORE_INDEX)
+    for b, row in enumerate(rows):
+        span = slice(width - row.numel(), width) if padding_side == "left" else slice(0, row.numel())
+        ids[b, span], mask[b, span] = row, 1
+        if new_labels is not None:
+            new_labels[b, span] = label_rows[b]
+    return ids, mask, new_labels
+
+
+def pad_memory(audio_embeds: list[torch.Tensor], counts: list[int], dtype: torch.dtype):
+    """Each row's clips ``[T_i, D]``, concatenated in order -> ``memory [B, M, D]`` (zeros past the end),
+    ``memory_mask [B, M]`` True on real frames. ``counts[b]`` clips belong to row ``b``. No audio at all in
+    the batch: ``(None, None)``, and the fusion's hooks leave the LLM alone."""
+    if not audio_embeds:
+        return None, None
+    rows, start = [], 0
+    for n in counts:
+        empty = audio_embeds[0].new_zeros(0, audio_embeds[0].shape[-1])  # a row without audio: all-masked memory
+        rows.append(torch.cat(audio_embeds[start:start + n]) if n else empty)
+        start += n
+    lengths = torch.tensor([r.shape[0] for r in rows], device=rows[0].device)
+    memory = rows[0].new_zeros(len(rows), max(int(lengths.max()), 1), rows[0].shape[-1], dtype=dtype)
+    for b, row in enumerate(rows):
+        memory[b, : row.shape[0]] = row.to(dtype)
+    return memory, lengths_to_mask(lengths, memory.shape[1])
+
+
+class AudioMemory:
+    """``memory [B, M, D]`` and ``mask [B, M]`` set by ``fuse``; ``for_batch`` follows generate's batch
+    expansion (beam search, ``num_return_sequences``: each row repeated ``k`` times, consecutively)."""
+
+    def __init__(self):
+        self.memory: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+
+    def set(self, memory: torch.Tensor | None, mask: torch.Tensor | None = None) -> None:
+        self.memory, self.mask = memory, mask
+
+    def clear(self) -> None:
+        self.set(None, None)
+
+    def for_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        memory, mask = self.memory, self.mask
+        if batch != memory.shape[0]:
+            if batch % memory.shape[0]:
+                raise RuntimeError(f"hidden batch {batch} is not a multiple of the audio batch {memory.shape[0]}")
+            k = batch // memory.shape[0]
+            memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+        return memory, mask
+
+
+class MemoryAttention(nn.Module):
+    """Multi-head attention of ``hidden [B, L, D]`` to ``memory [B, M, D]`` with ``memory_mask [B, M]``.
+
+    Padded memory frames get exactly zero weight, and a row without any audio gets a zero output (not NaN),
+    so an output never depends on the other clips of the batch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, memory_dim: int | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        memory_dim = memory_dim or dim
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(memory_dim, dim, bias=False)
+        self.v_proj = nn.Linear(memory_dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        (b, length, _), m = hidden.shape, memory.shape[1]
+        q = self.q_proj(hidden).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(memory).view(b, m, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(memory).view(b, m, self.num_heads, self.head_dim).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, H, L, M]
+        scores = scores.masked_fill(~memory_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        weights = F.softmax(scores, dim=-1) * memory_mask.any(-1).to(scores.dtype)[:, None, None, None]
+        out = (weights @ v).transpose(1, 2).reshape(b, length, -1)
+        return self.o_proj(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(),
+                                 nn.Linear(dim * mult, dim, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def decoder_layers(llm) -> nn.ModuleList:
+    """The LLM's transformer blocks (the decoder's, for an encoder-decoder LLM)."""
+    base = llm.base
+    if getattr(base.config, "is_encoder_decoder", False):
+        decoder = base.get_decoder()
+        for name in ("block", "layers"):
+            if isinstance(getattr(decoder, name, None), nn.ModuleList):
+                return getattr(decoder, name)
+    num = base.config.get_text_config().num_hidden_layers
+    for module in base.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num:
+            return module
+    raise ValueError(f"cannot find the {num} decoder layers of {type(base).__name__}")
