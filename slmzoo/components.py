@@ -90,6 +90,13 @@ class Adapter(nn.Module):
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def auxiliary_loss(self, targets: list[torch.Tensor]) -> torch.Tensor | None:
+        """A loss the adapter adds in training (e.g. CTC), given each clip's response token ids ``[S_i]``.
+
+        Called right after ``forward`` on the same batch, only when every item has exactly one clip.
+        """
+        return None
+
 
 class Fusion(nn.Module):
     """Combines audio embeddings with the tokenized prompt for the LLM."""

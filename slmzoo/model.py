@@ -88,12 +88,21 @@ class SpeechLM(nn.Module):
         else:
             fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
         out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
-        loss = out.loss
-        if adapted.aux_loss is not None and loss is not None:
-            loss = loss + adapted.aux_loss
+        loss, aux_loss = out.loss, adapted.aux_loss
+        if labels is not None and len(embeds) == labels.shape[0]:
+            extra_loss = self.adapter.auxiliary_loss(self._response_ids(labels))
+            if extra_loss is not None:
+                aux_loss = extra_loss if aux_loss is None else aux_loss + extra_loss
+        if aux_loss is not None and loss is not None:
+            loss = loss + aux_loss
         shift = 0 if getattr(self.llm, "is_encoder_decoder", False) else 1  # causal LMs predict token t from t-1
         num_tokens = int((fused.labels[:, shift:] != IGNORE_INDEX).sum()) if fused.labels is not None else 0
-        return SpeechLMOutput(loss=loss, logits=out.logits, num_tokens=num_tokens, aux_loss=adapted.aux_loss)
+        return SpeechLMOutput(loss=loss, logits=out.logits, num_tokens=num_tokens, aux_loss=aux_loss)
+
+    def _response_ids(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Each row's response token ids ``[S_i]`` from ``labels [B, L]``, without end-of-turn tokens."""
+        stops = torch.tensor(self.formatter.stop_token_ids, device=labels.device)
+        return [row[(row != IGNORE_INDEX) & ~torch.isin(row, stops)] for row in labels]
 
     # -- batches from raw inputs -------------------------------------------------------------------
     def prepare_batch(self, audio: Sequence, prompts: Sequence | None = None, responses: Sequence[str] | None = None,

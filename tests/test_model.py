@@ -158,3 +158,21 @@ def test_meta_build_counts_full_size_parameters():
     assert rows["llm"]["params"] == 8_030_261_248  # Llama 3.1 8B
     assert next(model.parameters()).device.type == "meta"
     assert model.audio_tokens_per_second() == pytest.approx(50 / 8)
+
+
+def test_adapter_auxiliary_ctc_loss_joins_the_training_loss():
+    card = slmzoo.load_card("salm", preset="tiny", overrides=[
+        "adapter={type: ctc_compress, vocab_size: 300, num_layers: 1, num_heads: 4, ctc_weight: 0.5}"])
+    torch.manual_seed(0)
+    model = slmzoo.build(card)
+    batch = model.prepare_batch([speechlike(0.8), speechlike(0.5, 1)], [PROMPT] * 2, ["one", "two six"])
+    out = model(batch)
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss) and out.aux_loss > 0
+    out.loss.backward()
+    assert model.adapter.ctc_head.weight.grad.abs().sum() > 0
+    targets = model._response_ids(batch["labels"])
+    assert model.tokenizer.decode(targets[1]) == "two six"
+    small = slmzoo.build(slmzoo.load_card("salm", preset="tiny", overrides=[
+        "adapter={type: ctc_compress, vocab_size: 10, num_layers: 1, num_heads: 4, ctc_weight: 1.0}"]))
+    with pytest.raises(ValueError, match="vocab_size=10 is too small"):
+        small(small.prepare_batch([speechlike(0.5)], [PROMPT], ["one"]))

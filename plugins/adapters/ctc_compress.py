@@ -60,6 +60,7 @@ class CTCCompressAdapter(Adapter):
                                              options.ff_dim, options.dropout)
         self.linear = nn.Linear(context.encoder_dim, context.llm_dim)
         self.output_dim = context.llm_dim
+        self.ctc_weight = options.ctc_weight
         self.ctc_logits: torch.Tensor | None = None  # [B, T, V] of the last call, for ctc_loss
         self.ctc_lengths: torch.Tensor | None = None
 
@@ -83,3 +84,16 @@ class CTCCompressAdapter(Adapter):
         log_probs = self.ctc_logits.float().log_softmax(-1).transpose(0, 1)  # [T, B, V]
         return nn.functional.ctc_loss(log_probs, targets, self.ctc_lengths, target_lengths, blank=BLANK,
                                       reduction=reduction, zero_infinity=True)
+
+    def auxiliary_loss(self, targets: list[torch.Tensor]) -> torch.Tensor | None:
+        """``ctc_weight`` x CTC loss of the last call against each clip's response token ids (+1: 0 is blank)."""
+        if self.ctc_weight == 0:
+            return None
+        labels = [t + 1 for t in targets]
+        top = max((int(t.max()) for t in labels if t.numel()), default=0)
+        if top >= self.ctc_head.out_features:
+            raise ValueError(f"adapter ctc_compress: vocab_size={self.ctc_head.out_features} is too small for CTC on "
+                             f"the LLM's token ids (needs > {top}); raise adapter.vocab_size or set ctc_weight: 0")
+        lengths = torch.tensor([len(t) for t in labels], device=self.ctc_logits.device)
+        padded = nn.utils.rnn.pad_sequence(labels, batch_first=True) if labels else lengths.new_zeros(0, 0)
+        return self.ctc_weight * self.ctc_loss(padded, lengths)

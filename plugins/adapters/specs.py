@@ -99,6 +99,8 @@ class CTCCompressOptions(ComponentOptions):
     num_heads: int = Field(8, ge=1, description="Attention heads (must divide the encoder width).")
     ff_dim: int | None = Field(None, ge=1, description="Feed-forward width; default 4 x the encoder width.")
     dropout: float = Field(0.1, ge=0, le=1, description="Transformer dropout.")
+    ctc_weight: float = Field(0.0, ge=0, description="Weight of the CTC loss added to the LLM loss in training; "
+                              "its labels are the response's LLM token ids + 1 (vocab_size must exceed the LLM's).")
 
 
 class TLTROptions(ComponentOptions):
