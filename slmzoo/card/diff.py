@@ -88,17 +88,23 @@ def diff_cards(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
             changes.append(Change(section, "replaced", block_a, block_b))
             a.pop(section)
             b.pop(section)
-    flat_a, flat_b = flatten(a), flatten(b)
-    for path in list(flat_a) + [p for p in flat_b if p not in flat_a]:
-        left, right = flat_a.get(path, MISSING), flat_b.get(path, MISSING)
-        if left is MISSING:
-            changes.append(Change(path, "added", right=right))
-        elif right is MISSING:
-            changes.append(Change(path, "removed", left=left))
-        elif not _equal(left, right):
-            changes.append(Change(path, "changed", left, right))
+    _walk(a, b, "", changes)
     order = {name: i for i, name in enumerate(SECTIONS)}
     return sorted(changes, key=lambda c: order[c.section])  # stable: key order kept within a section
+
+
+def _walk(a: dict, b: dict, prefix: str, changes: list[Change]) -> None:
+    for key in list(a) + [k for k in b if k not in a]:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        left, right = a.get(key, MISSING), b.get(key, MISSING)
+        if isinstance(left, dict) and isinstance(right, dict) and left and right:
+            _walk(left, right, path, changes)
+        elif left is MISSING:
+            changes += [Change(p, "added", right=v) for p, v in flatten(right, path).items()]
+        elif right is MISSING:
+            changes += [Change(p, "removed", left=v) for p, v in flatten(left, path).items()]
+        elif not _equal(left, right):  # a mapping on one side and a value on the other is one row
+            changes.append(Change(path, "changed", left, right))
 
 
 def _equal(left: Any, right: Any) -> bool:

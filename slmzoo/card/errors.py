@@ -27,7 +27,7 @@ class CardIssue:
     hint: str | None = None
 
     def __str__(self) -> str:
-        text = f"{self.location} {self.path + ': ' if self.path else ''}{self.message}"
+        text = f"{self.location} {self.path}: {self.message}" if self.path else f"{self.location}: {self.message}"
         return text + (f" ({self.hint})" if self.hint else "")
 
 

@@ -95,8 +95,10 @@ def card_json_schema(registry=None) -> dict[str, Any]:
         schema["then"] = {"required": required}
     # presets and extended cards override any subset of keys: keep them loosely typed.
     schema["properties"]["presets"]["additionalProperties"] = {"type": "object"}
-    ordered = {"$schema": SCHEMA_DIALECT, "$id": "https://slmzoo/card.schema.json",
-               "title": "slmzoo card", "description": "A slmzoo model card (see CONTRIBUTING.md)."}
+    schema.pop("title", None)
+    schema.pop("description", None)
+    ordered = {"$schema": SCHEMA_DIALECT, "title": "slmzoo card",
+               "description": "A slmzoo model card: `slmzoo schema` lists the components installed when it ran."}
     ordered.update(schema)
     ordered["$defs"] = dict(sorted(defs.items()))
     return ordered

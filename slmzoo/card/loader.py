@@ -144,8 +144,30 @@ def _read(file: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, SourceMap]:
         raise CardError([CardIssue(source.locate(("extends",)), "extends", f"{parent!r}: {issue.message}",
                                    issue.hint)]) from None
     base, base_source = _read(parent_file, seen + (file,))
+    _drop_stale_presets(base, base_source, data)
     merged = _merge(base, {k: v for k, v in data.items() if k != "extends"}, base_source, source)
     return merged, base_source
+
+
+def _drop_stale_presets(base: dict, base_source: SourceMap, child: dict) -> None:
+    """A child card that changes a component's ``type`` makes the parent's presets for it stale.
+
+    The parent's ``presets.tiny.adapter: {k: 2}`` sizes the parent's adapter; merged into a child's
+    different adapter it would be an unknown option. Such preset blocks are dropped (the child's own
+    presets say how to shrink its component).
+    """
+    presets = base.get("presets")
+    if not isinstance(presets, dict):
+        return
+    for section in SECTION_KINDS:
+        new, old = child.get(section), base.get(section)
+        if not (isinstance(new, dict) and isinstance(old, dict) and "type" in new and new["type"] != old.get("type")):
+            continue
+        for name, block in presets.items():
+            if isinstance(block, dict) and isinstance(block.get(section), dict) \
+                    and block[section].get("type", old.get("type")) != new["type"]:
+                del block[section]
+                base_source.drop(("presets", name, section))
 
 
 def _display(file: Path) -> str:

@@ -46,6 +46,7 @@ class AugmentConfig(Strict):
     spec_augment: bool = Field(False, description="SpecAugment-style time/frequency masking on encoder input.")
     noise_snr: tuple[float, float] | None = Field(None, description="Add white noise at an SNR drawn from [lo, hi] dB.")
     volume: tuple[float, float] | None = Field(None, description="Random gain range in dB.")
+    noise_prob: float = Field(0.5, ge=0, le=1, description="Share of clips that get noise when noise_snr is set.")
 
 
 class TrainConfig(Strict):

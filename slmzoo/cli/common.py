@@ -1,0 +1,183 @@
+"""Shared CLI plumbing: consoles, error reporting for people, card loading, number formatting.
+
+Nothing here imports torch or transformers; commands that need them import lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from slmzoo.card.errors import CardError
+
+DEBUG_ENV = "SLMZOO_DEBUG"
+
+# -- options every card-taking command shares ------------------------------------------------------
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="A preset of the card, e.g. tiny.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a card key, e.g. --set llm.lora.r=16 (repeatable; the value is YAML)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+# -- consoles ----------------------------------------------------------------------------------------
+def _width(stream) -> int | None:
+    try:
+        if stream.isatty():
+            return None  # rich measures the terminal
+    except (AttributeError, ValueError):
+        pass
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    return max(columns, 200)  # pipes and files: wide, so that grep finds whole names in tables
+
+
+def out() -> Console:
+    """A console on the current stdout (resolved per call, so test runners that swap it work)."""
+    return Console(file=sys.stdout, width=_width(sys.stdout), highlight=False)
+
+
+def err() -> Console:
+    return Console(file=sys.stderr, width=_width(sys.stderr), highlight=False)
+
+
+def echo(text: str) -> None:
+    """Plain text to stdout, exactly as given (YAML, JSON, Markdown)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def echo_json(data: Any) -> None:
+    echo(json.dumps(data, indent=2, default=str))
+
+
+def error_line(message: str) -> None:
+    """``error: message`` on stderr; the message is plain text, never rich markup."""
+    console = err()
+    console.print("[bold red]error:[/] ", end="")
+    console.print(message, markup=False, soft_wrap=True)
+
+
+class CLIError(Exception):
+    """An expected problem with a message for people; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _expected(error: BaseException) -> bool:
+    """Errors that are about the input, not a bug: slmzoo's own error types, files, missing modules."""
+    if isinstance(error, (OSError, ImportError)):
+        return True
+    return any(c.__module__.split(".")[0] in ("slmzoo", "slmzoo_plugins") and c.__name__ != "Exception"
+               for c in type(error).__mro__ if issubclass(c, Exception) and c is not Exception)
+
+
+def report(error: BaseException, unexpected_code: int = 1) -> int:
+    """Print ``error`` for people and return the exit status."""
+    if isinstance(error, CardError):
+        console = err()
+        for issue in error.issues:
+            console.print("[bold red]error:[/] ", end="")
+            console.print(str(issue), markup=False, soft_wrap=True)
+        return 2
+    if isinstance(error, CLIError):
+        error_line(str(error))
+        return error.code
+    if _expected(error):
+        error_line(str(error) or type(error).__name__)
+        return 2
+    error_line(f"{type(error).__name__}: {error}")
+    err().print(f"[dim]this looks like a bug; {DEBUG_ENV}=1 shows the traceback[/]")
+    return unexpected_code
+
+
+def handle_errors(unexpected_code: int = 1) -> Callable:
+    """Decorator for commands: errors become a message and an exit status, no traceback.
+
+    ``SLMZOO_DEBUG=1`` lets every exception through with its traceback.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit):
+                raise
+            except KeyboardInterrupt:
+                raise typer.Exit(130) from None
+            except Exception as error:  # noqa: BLE001 - this is the one place that turns errors into exits
+                if debug():
+                    raise
+                raise typer.Exit(report(error, unexpected_code)) from None
+
+        return wrapper
+
+    return decorate
+
+
+# -- cards -----------------------------------------------------------------------------------------
+CARD_FILE = "card.yaml"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def is_saved_model(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CARD_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def card_source(arg: str) -> str:
+    """A card name, a card file, or a folder holding ``card.yaml`` (a saved model): its card file."""
+    path = Path(arg)
+    if path.is_dir():
+        if (path / CARD_FILE).is_file():
+            return str(path / CARD_FILE)
+        raise CLIError(f"{arg}: a folder, but not a saved slmzoo model (no {CARD_FILE})")
+    return arg
+
+
+def load(arg: str, preset: str | None = None, sets: list[str] | None = None):
+    from slmzoo.card.loader import load_card
+
+    return load_card(card_source(arg), preset=preset, overrides=list(sets or []))
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+def human(n: int | float | None) -> str:
+    """``12345678`` -> ``12.3M``; ``1720000000`` -> ``1.72B`` (three significant digits)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            value = n / scale
+            text = f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+            return text + unit
+    return f"{n:.0f}"
+
+
+def exact(n: int | None) -> str:
+    return "-" if n is None else f"{int(n):,}"
+
+
+def rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if float(value).is_integer() else f"{value:.2f}"

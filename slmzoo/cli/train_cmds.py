@@ -1,0 +1,123 @@
+"""``slmzoo train``, ``slmzoo eval`` and ``slmzoo plot``. ``register(app)`` adds them to the main CLI.
+
+Several training manifests are mixed with weights: ``--train a.jsonl:0.7 --train b.jsonl:0.3``.
+Under ``accelerate launch -m slmzoo train ...`` the same command runs DDP/FSDP from the Accelerate config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from slmzoo.cli.common import CLIError, JsonOpt, PresetOpt, SetOpt, echo_json, handle_errors, is_saved_model, load, out
+
+
+def _setup_logging(run_dir: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=handlers, force=True)
+
+
+@handle_errors()
+def train(
+    card: Annotated[str, typer.Argument(help="A card name or file.")],
+    train_manifests: Annotated[list[str], typer.Option(
+        "--train", help="Training manifest (Lhotse or NeMo JSONL); repeat to mix, PATH:WEIGHT sets a weight.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, tb/.")],
+    preset: PresetOpt = None,
+    sets: SetOpt = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation manifest (loss and WER).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad data item.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+) -> None:
+    """Train a card on manifests with Accelerate; writes checkpoints and metrics to --out."""
+    from slmzoo.training.loop import RunOptions
+    from slmzoo.training.loop import train as run
+
+    _setup_logging(out_dir)
+    resolved = load(card, preset, sets)
+    summary = run(resolved, RunOptions(train=list(train_manifests), out=out_dir, val=val, resume=resume,
+                                       strict=strict, progress=progress))
+    out().print(f"trained to step {summary['step']} in {summary['wall_seconds']:.0f} s; "
+                f"checkpoint {summary['checkpoint']}; skipped {summary['issues']['skipped']} bad item(s)")
+
+
+def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
+    """MODEL: a run folder (its newest complete checkpoint), a saved model / checkpoint folder, or a card."""
+    import slmzoo
+    from slmzoo.training.checkpoints import latest_checkpoint
+
+    path = Path(model)
+    if path.is_dir() and not is_saved_model(path) and (path / "checkpoints").is_dir():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise CLIError(f"{model}: a run folder without a complete checkpoint")
+        path = newest
+    if is_saved_model(path):
+        if sets or preset:
+            raise CLIError("--preset/--set apply to cards, not to saved models")
+        return slmzoo.from_pretrained(path, device=device)
+    from slmzoo.builder import build
+
+    built = build(load(model, preset, sets))
+    return built.to(device).eval() if device else built.eval()
+
+
+@handle_errors()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="A run folder, a checkpoint / saved model folder, or a card.")],
+    data: Annotated[str, typer.Option("--data", help="Manifest to decode (Lhotse or NeMo JSONL).")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Utterances per decoding batch.")] = 32,
+    hyps: Annotated[Optional[Path], typer.Option("--out", help="Write hypotheses and references (JSONL).")] = None,
+    as_json: JsonOpt = False,
+    preset: PresetOpt = None,
+    sets: SetOpt = None,
+    normalizer: Annotated[str, typer.Option(help="Text normalization before WER: english, basic or none.")] = "english",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest hypothesis in tokens.")] = 128,
+    limit: Annotated[Optional[int], typer.Option(help="Decode only the first N (shortest) utterances.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad data item.")] = False,
+) -> None:
+    """Decode a manifest in duration-sorted batches; report WER, CER (BLEU for translation) and RTFx."""
+    import torch
+
+    from slmzoo.evaluation import evaluate as run
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_model(model, preset, sets, device)
+    metrics = run(loaded, data, batch_size=batch_size, out=hyps, normalize=normalizer,
+                  max_new_tokens=max_new_tokens, strict=strict, limit=limit)
+    if as_json:
+        echo_json(metrics)
+        return
+    wer, cer = metrics["wer"], metrics["cer"]
+    line = (f"WER {100 * wer:.2f}%  CER {100 * cer:.2f}%" if wer is not None else "no scored utterances")
+    if "bleu" in metrics:
+        line += f"  BLEU {metrics['bleu']:.2f}"
+    out().print(f"{line}  utterances {metrics['num_utterances']}  RTFx {metrics['rtfx']:.1f}"
+                + (f"  skipped {metrics['skipped']}" if metrics["skipped"] else ""))
+
+
+@handle_errors()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder with metrics.jsonl.")],
+    png: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN_DIR/curves.png).")] = None,
+) -> None:
+    """PNG of the loss and WER curves of a run."""
+    from slmzoo.training.plot import plot_run
+
+    out().print(str(plot_run(run_dir, png)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+    app.command("plot")(plot)
