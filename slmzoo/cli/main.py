@@ -475,3 +475,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from slmzoo.cli.units_cmd import register as _register_units_cmds  # noqa: E402
+_register_units_cmds(app)  # units fit
