@@ -38,8 +38,13 @@ class BuildContext:
 def build_component(section: str, card: ResolvedCard, context: BuildContext):
     kind_name, options = card.component(section)
     spec = registry().get(section, kind_name)
-    factory = spec.load_factory()
-    return factory(options, context)
+    module = spec.load_factory()(options, context)
+    # LLM wrappers apply their own LoRA (peft's task wrappers); other components get it injected here.
+    if section != "llm" and getattr(options, "lora", None) is not None:
+        from slmzoo.lora import add_lora
+
+        add_lora(module, options.lora, section)
+    return module
 
 
 def build(card, meta: bool = False, preset: str | None = None, overrides=None, load_weights: bool = True):

@@ -75,7 +75,7 @@ def test_lora_from_the_card(tmp_path):
 
 def test_lora_target_that_does_not_exist_is_named(tmp_path):
     card = slmzoo.load_card("salm", preset="tiny", overrides=["llm.lora.target_modules=[query]"])
-    with pytest.raises(RuntimeError, match="no module named query .*q_proj"):
+    with pytest.raises(ValueError, match="llm.lora.target_modules: no module named query .*q_proj"):
         slmzoo.build(card)
 
 

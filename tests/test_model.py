@@ -176,3 +176,17 @@ def test_adapter_auxiliary_ctc_loss_joins_the_training_loss():
         "adapter={type: ctc_compress, vocab_size: 10, num_layers: 1, num_heads: 4, ctc_weight: 1.0}"]))
     with pytest.raises(ValueError, match="vocab_size=10 is too small"):
         small(small.prepare_batch([speechlike(0.5)], [PROMPT], ["one"]))
+
+
+def test_encoder_lora_from_the_card():
+    card = slmzoo.load_card("salm", preset="tiny", overrides=["encoder.lora={r: 4, target_modules: [q_proj, v_proj]}"])
+    model = slmzoo.build(card)
+    trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("self_attn.q_proj.lora_A" in n for n in trainable)
+    model.zero_grad()
+    model(model.prepare_batch([speechlike(0.5)], [PROMPT], ["one"])).loss.backward()
+    assert all(p.grad is not None for n, p in model.encoder.named_parameters() if p.requires_grad)
+    bad = slmzoo.load_card("salm", preset="tiny", overrides=["encoder.lora={target_modules: [query]}"])
+    with pytest.raises(ValueError, match="encoder.lora.target_modules: no module named query .*fc1"):
+        slmzoo.build(bad)

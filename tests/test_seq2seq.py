@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from slmzoo.components import AdapterOutput, EncoderOutput
+from slmzoo.components import Adapter, AdapterOutput, EncoderOutput
 from slmzoo.model import SpeechLM, split_prompt_response
 from slmzoo.prompting import IGNORE_INDEX
 from slmzoo_plugins.fusion.concat import ConcatFusion
@@ -30,15 +30,12 @@ class FrameEncoder(torch.nn.Module):
         return EncoderOutput(self.proj(frames), lengths // 160)
 
 
-class LinearAdapter(torch.nn.Module):
+class LinearAdapter(Adapter):
     output_dim = 64
 
     def __init__(self):
         super().__init__()
         self.proj = torch.nn.Linear(8, 64)
-
-    def output_frame_rate(self, rate):
-        return rate
 
     def forward(self, hidden, lengths):
         return AdapterOutput(self.proj(hidden), lengths)

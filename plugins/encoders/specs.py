@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from slmzoo import hookimpl
+from slmzoo.lora import LoraOptions
 from slmzoo.registry import ComponentOptions, ComponentSpec
 
 
@@ -17,6 +18,9 @@ class EncoderOptions(ComponentOptions):
         "last",
         description="'last' layer; an int picks a layer (0 = embeddings, L = last; negative counts from the end); "
         "'weighted' is a learned softmax-weighted sum of all layers; 'all' stacks them as [B, L, T, C].",
+    )
+    lora: LoraOptions | None = Field(
+        None, description="LoRA adapters in the encoder (base weights frozen, adapters trained); omit for none."
     )
 
 

@@ -35,7 +35,9 @@ def _load_tokenizer(options, prompt, meta: bool, specials: tuple[str, ...]):
                            "tokenizer: bytes (the built-in byte-level tokenizer)") from None
 
 
-def _config(options, vocab_size: int | None):
+def _config(options, builtin_tokenizer=None):
+    """The model config; with the built-in tokenizer its vocabulary size and special ids win, since a hub
+    config's ids (GPT-2's 50256, say) mean nothing to the byte tokenizer."""
     from transformers import AutoConfig
 
     if options.config is not None:
@@ -43,8 +45,10 @@ def _config(options, vocab_size: int | None):
         model_type = fields.pop("model_type", None)
         if model_type is None:
             raise LLMLoadError("llm.config needs model_type (e.g. qwen3, llama, gpt2)")
-        if vocab_size is not None and "vocab_size" not in fields:
-            fields["vocab_size"] = vocab_size
+        if builtin_tokenizer is not None:
+            fields.setdefault("vocab_size", len(builtin_tokenizer))
+            fields.update(bos_token_id=builtin_tokenizer.bos_token_id, eos_token_id=builtin_tokenizer.eos_token_id,
+                          pad_token_id=builtin_tokenizer.pad_token_id)
         return AutoConfig.for_model(model_type, **fields)
     if options.pretrained is None:
         raise LLMLoadError("llm: give pretrained (hub id or folder) or an inline config")
@@ -92,7 +96,7 @@ class HFCausalLM(LanguageModel):
                 raise LLMLoadError(f"llm.pretrained: cannot load {options.pretrained!r} ({error}); offline, use a "
                                    "local folder, the tiny preset, or --meta") from None
         else:
-            config = _config(options, len(tokenizer) if builtin else None)
+            config = _config(options, tokenizer if builtin else None)
             model = AutoModelForCausalLM.from_config(config, **kwargs)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and not context.meta:
             model.resize_token_embeddings(len(tokenizer))
@@ -103,16 +107,12 @@ class HFCausalLM(LanguageModel):
 
     @staticmethod
     def _add_lora(model, lora):
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in lora.target_modules if t not in names]
-        if missing:
-            raise LLMLoadError(f"llm.lora.target_modules: no module named {', '.join(missing)} in this LLM "
-                               f"(linear layers here: {', '.join(sorted(_linear_names(model)))})")
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-        return get_peft_model(model, config)
+        from slmzoo.lora import check_targets, peft_config
+
+        check_targets(model, lora, "llm")
+        return get_peft_model(model, peft_config(lora, task_type="CAUSAL_LM"))
 
     @property
     def config(self):
@@ -138,6 +138,3 @@ class HFCausalLM(LanguageModel):
         generation_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
 
-
-def _linear_names(model) -> set[str]:
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}

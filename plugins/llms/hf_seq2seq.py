@@ -15,7 +15,7 @@ import torch
 from slmzoo.chat_templates import CHAT_FORMATS
 from slmzoo.components import LanguageModel
 from slmzoo.prompting import PromptFormatter, resolve_chat_template
-from slmzoo_plugins.llms.hf_causal import DTYPES, LLMLoadError, _config, _linear_names, _load_tokenizer
+from slmzoo_plugins.llms.hf_causal import DTYPES, LLMLoadError, _config, _load_tokenizer
 
 
 class HFSeq2SeqLM(LanguageModel):
@@ -60,7 +60,7 @@ class HFSeq2SeqLM(LanguageModel):
                 fields = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
                           "decoder_start_token_id": tokenizer.pad_token_id, **options.config}
                 inline = SimpleNamespace(config=fields, pretrained=options.pretrained)
-            model = AutoModelForSeq2SeqLM.from_config(_config(inline, len(tokenizer) if builtin else None), **kwargs)
+            model = AutoModelForSeq2SeqLM.from_config(_config(inline, tokenizer if builtin else None), **kwargs)
         if getattr(model.config, "decoder_start_token_id", None) is None:
             model.config.decoder_start_token_id = model.config.pad_token_id
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and not context.meta:
@@ -72,16 +72,12 @@ class HFSeq2SeqLM(LanguageModel):
 
     @staticmethod
     def _add_lora(model, lora):
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in lora.target_modules if t not in names]
-        if missing:  # T5 names its projections q, k, v, o (not q_proj, v_proj)
-            raise LLMLoadError(f"llm.lora.target_modules: no module named {', '.join(missing)} in this LLM "
-                               f"(linear layers here: {', '.join(sorted(_linear_names(model)))})")
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type="SEQ_2_SEQ_LM")
-        return get_peft_model(model, config)
+        from slmzoo.lora import check_targets, peft_config
+
+        check_targets(model, lora, "llm")
+        return get_peft_model(model, peft_config(lora, task_type="SEQ_2_SEQ_LM"))
 
     @property
     def base(self):

@@ -7,16 +7,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from slmzoo import hookimpl
+from slmzoo.lora import LoraOptions  # noqa: F401  (re-exported: LLM options use it)
 from slmzoo.registry import ComponentOptions, ComponentSpec
-
-
-class LoraOptions(ComponentOptions):
-    """LoRA through peft (``LoraConfig``)."""
-
-    r: int = Field(8, ge=1, description="Rank.")
-    alpha: float = Field(16, description="Scaling numerator (lora_alpha).")
-    dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(["q_proj", "v_proj"], description="Module names (or suffixes) to adapt.")
 
 
 class HFCausalOptions(ComponentOptions):
