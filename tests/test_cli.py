@@ -228,9 +228,14 @@ def test_list_cards_markdown(cards):
     result = invoke("list", "cards", "--markdown")
     assert result.exit_code == 0
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "| Card | Year | Encoder | Adapter | Fusion | LLM | Paper |"
-    assert "| zoo_base | 2023 | whisper | stack | concat | Qwen/Qwen3-1.7B | [link](https://example.org/base) |" in lines
+    assert lines[0] == "| Card | Year | Encoder | Adapter | Fusion | LLM | Size | Paper |"
+    assert "| zoo_base | 2023 | whisper | stack | concat | Qwen/Qwen3-1.7B |  | [link](https://example.org/base) |" in lines
     assert any(line.startswith("| salm |") for line in lines)
+    # a published total shows without torch; --sizes counts parameters with a meta build
+    assert any(line.startswith("| qwen2-audio |") and "8.2B (published)" in line for line in lines)
+    sized = invoke("list", "cards", "--markdown", "--sizes", "--filter", "ultravox")
+    assert sized.exit_code == 0
+    assert "| ultravox | 2024 | whisper | stack | concat | meta-llama/Llama-3.1-8B-Instruct | 8.77B |" in sized.stdout
 
 
 def test_list_shows_an_in_process_plugin():

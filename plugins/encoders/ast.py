@@ -48,7 +48,7 @@ class ASTEncoder(Encoder):
         self.model = build_hf_model(ASTModel, ASTConfig, pretrained=options.pretrained, config=options.config,
                                     context=context)
         config = self.model.config
-        saved = {k: v for k, v in preprocessor_config(options.pretrained).items() if k in FEATURE_DEFAULTS}
+        saved = {k: v for k, v in preprocessor_config(options.pretrained, context).items() if k in FEATURE_DEFAULTS}
         # Without a preprocessor config the grid's own sizes apply (the extractor's 128 x 1024 defaults are AST's).
         grid = {"num_mel_bins": config.num_mel_bins, "max_length": config.max_length}
         self.features_config = {**FEATURE_DEFAULTS, **grid, **saved}

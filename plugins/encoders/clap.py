@@ -100,7 +100,7 @@ class ClapEncoder(Encoder):
         self.model = ClapAudioModel(config)
         if options.pretrained is not None and not context.from_config:
             load_audio_tower(self.model, options.pretrained)
-        saved = preprocessor_config(options.pretrained) if options.feature_extractor is None else {}
+        saved = preprocessor_config(options.pretrained, context) if options.feature_extractor is None else {}
         fe = {**FEATURE_DEFAULTS, **{k: v for k, v in {**saved, **(options.feature_extractor or {})}.items()
                                      if k in FEATURE_DEFAULTS}}
         fe["truncation"] = "fusion" if config.enable_fusion else "rand_trunc"

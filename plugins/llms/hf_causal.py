@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from slmzoo.chat_templates import CHAT_FORMATS
 from slmzoo.components import LanguageModel
 from slmzoo.prompting import PromptFormatter, resolve_chat_template
 from slmzoo.tokenizer import BYTES, byte_level_tokenizer
+
+# peft calls a transformers method deprecated in v5 on every LoRA build; the warning is not ours to act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

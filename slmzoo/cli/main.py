@@ -84,6 +84,7 @@ def card_rows() -> list[dict[str, Any]]:
             "llm": llm.get("pretrained") or config.get("model_type"),
             "llm_type": kind("llm"),
             "paper": data.get("paper"),
+            "published_params": data.get("published_params"),
             "description": data.get("description", ""),
         })
         rows.append(row)
@@ -102,14 +103,31 @@ def _md(value: Any) -> str:
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def add_sizes(rows: list[dict[str, Any]]) -> None:
+    """Fill ``params`` of each row from a meta-device build (imports torch; no weights, no memory)."""
+    from slmzoo.builder import build
+    from slmzoo.card.loader import load_card
+
+    for r in rows:
+        if "error" not in r:
+            r["params"] = build(load_card(r["path"]), meta=True).num_parameters()
+
+
+def size_text(row: dict[str, Any]) -> str:
+    """The meta-build count when computed (``--sizes``), else the published one, else blank."""
+    if row.get("params") is not None:
+        return human(row["params"])
+    return f"{human(row['published_params'])} (published)" if row.get("published_params") else ""
+
+
 def cards_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| Card | Year | Encoder | Adapter | Fusion | LLM | Paper |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| Card | Year | Encoder | Adapter | Fusion | LLM | Size | Paper |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = f"[link]({r['paper']})" if r.get("paper") else ""
         lines.append("| " + " | ".join(_md(v) for v in (
-            r["name"], r.get("year"), r.get("encoder"), r.get("adapter"), r.get("fusion"), r.get("llm"))) +
-            f" | {paper} |")
+            r["name"], r.get("year"), r.get("encoder"), r.get("adapter"), r.get("fusion"), r.get("llm"),
+            size_text(r))) + f" | {paper} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +149,8 @@ def list_(
     pattern: Annotated[str, typer.Option("--filter", "-f", help="Glob over names, e.g. 'whisper*'.")] = "*",
     json_: JsonOpt = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="The cards table as Markdown.")] = False,
+    sizes: Annotated[bool, typer.Option("--sizes", help="Count every card's parameters with a meta build "
+                                        "(imports torch); otherwise the size shown is the published one.")] = False,
 ) -> None:
     """Cards and registered components. `slmzoo list cards`, `slmzoo list encoders` filter."""
     import fnmatch
@@ -157,6 +177,8 @@ def list_(
         raise CLIError("--markdown renders the cards table: use `slmzoo list cards --markdown`")
 
     cards = [r for r in card_rows() if fnmatch.fnmatch(r["name"], pattern)] if show_cards else []
+    if sizes:
+        add_sizes(cards)
     components = {k: component_rows(k, pattern) for k in kinds}
 
     if json_:
@@ -179,14 +201,14 @@ def list_(
     console = out()
     if show_cards:
         table = Table(title="cards", title_justify="left", title_style="bold")
-        for column in ("card", "year", "encoder", "adapter", "fusion", "LLM", "paper"):
+        for column in ("card", "year", "encoder", "adapter", "fusion", "LLM", "size", "paper"):
             table.add_column(column, overflow="fold")
         for r in cards:
             if "error" in r:
-                table.add_row(r["name"], "", "", "", "", "", f"[red]{r['error']}[/]")
+                table.add_row(r["name"], "", "", "", "", "", "", f"[red]{r['error']}[/]")
                 continue
             table.add_row(r["name"], str(r.get("year") or ""), r.get("encoder") or "", r.get("adapter") or "",
-                          r.get("fusion") or "", r.get("llm") or "", r.get("paper") or "")
+                          r.get("fusion") or "", r.get("llm") or "", size_text(r), r.get("paper") or "")
         console.print(table)
     for kind in kinds:
         rows = components[kind]
