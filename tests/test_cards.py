@@ -98,3 +98,15 @@ def test_resolved_card_round_trips(name, preset, tmp_path):
     again = load_card(path)
     assert again.data == card.data
     assert again.to_yaml() == card.to_yaml()
+
+
+def test_diff_works_between_any_two_cards():
+    from slmzoo.card.diff import diff_cards
+
+    resolved = {name: slmzoo.load_card(name).data for name in CARDS}
+    for a in CARDS:
+        assert diff_cards(resolved[a], resolved[a]) == []
+        for b in CARDS:
+            if a < b:
+                forward, backward = diff_cards(resolved[a], resolved[b]), diff_cards(resolved[b], resolved[a])
+                assert forward and sorted(c.path for c in forward) == sorted(c.path for c in backward), (a, b)
