@@ -1,0 +1,156 @@
+"""Atomic checkpoints: written to a temporary folder, flushed, then renamed into place.
+
+A kill at any instant leaves every ``step-*`` folder complete: the rename is the commit. Old checkpoints are
+pruned only after the new one is in place, so the last good one is never deleted first.
+
+Layout of ``RUN_DIR/checkpoints/step-000300/``: what ``slmzoo.from_pretrained`` reads (``card.yaml``,
+``model.safetensors``, ``slmzoo.json``, tokenizer files) plus ``optimizer.pt``, ``scheduler.pt``,
+``rng-<rank>.pt`` and ``trainer_state.json`` (step, batches consumed, data issues).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slmzoo.checkpoint import load_weights, save_weights, versions
+from slmzoo.model import CARD_FILE, COMPONENTS, INFO_FILE, TOKENIZER_DIR, WEIGHTS_FILE, _is_builtin_tokenizer
+
+STATE_FILE = "trainer_state.json"
+PREFIX, TMP_PREFIX = "step-", ".tmp-step-"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted save are ignored)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def weight_keys(model) -> set[str] | None:
+    """Trainable tensors, plus every tensor of a component with no ``pretrained:`` source (random init,
+    as in tiny presets: it could not be rebuilt). ``None`` when that is the whole model."""
+    card = model.card.data
+    random_init = {s for s in COMPONENTS if not card[s].get("pretrained")}
+    state = model.state_dict()
+    keys = {n for n, p in model.named_parameters() if p.requires_grad}
+    keys |= {n for n in state if n.split(".", 1)[0] in random_init}
+    return None if keys >= set(state) else keys
+
+
+def save_model(model, directory: Path) -> None:
+    """``SpeechLM.save_pretrained`` with :func:`weight_keys`: loadable by ``slmzoo.from_pretrained``."""
+    keys = weight_keys(model)
+    save_weights(model, directory / WEIGHTS_FILE, keys=keys)
+    (directory / CARD_FILE).write_text(model.card.to_yaml(), encoding="utf-8")
+    info = {"format": 1, "trainable_only": keys is not None, "preset": model.card.preset, "versions": versions()}
+    (directory / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    if not _is_builtin_tokenizer(model.card):
+        model.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int,
+                    rank: int = 0, is_main: bool = True) -> Path:
+    """Write ``step-<step>`` atomically, then prune to the newest ``keep_last``. Returns the folder."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f"{TMP_PREFIX}{step:06d}"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(model, tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+        # Written last: a folder with trainer_state.json is complete even on filesystems without atomic rename.
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2), encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step (after a resume): move the old one aside first
+            old = root / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+        for stale in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def save_rng_other_rank(run_dir: Path, step: int, rank: int) -> None:
+    """Non-main processes of a distributed run add their RNG state after the main one committed the folder."""
+    torch.save(rng_state(), checkpoint_dir(run_dir) / f"{PREFIX}{step:06d}" / f"rng-{rank}.pt")
+
+
+def clean_temporary(run_dir: Path) -> None:
+    """Remove folders of saves that a kill interrupted."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith((TMP_PREFIX, ".old-")):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns the trainer state."""
+    load_weights(model, folder / WEIGHTS_FILE, strict=False)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng_file = folder / f"rng-{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((folder / STATE_FILE).read_text())

@@ -1,0 +1,157 @@
+"""Training loop: schedules and groups, metrics, atomic checkpoints, exact resume, bad data, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slmzoo.training import checkpoints as ckpt
+from slmzoo.training.fakes import tiny_model_card, write_corpus
+from slmzoo.training.loop import ResumeError, RunOptions, train
+from slmzoo.training.metrics import read_metrics
+from slmzoo.training.optim import lr_factor, param_groups
+
+FAST = ["train.max_duration=3", "train.log_every=1", "train.warmup_steps=2", "train.lr=3e-3",
+        "train.augment={speed_perturb: [0.9, 1.1], spec_augment: true, noise_snr: [10, 30]}"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n=24)
+
+
+def _train(corpus, out, *sets, resume=False, **kw):
+    card = tiny_model_card(*FAST, *sets)
+    return train(card, RunOptions(train=[str(corpus)], out=out, resume=resume, progress=False, **kw))
+
+
+def test_lr_schedule_warmup_then_decay():
+    assert [lr_factor(s, 2, 10, "cosine") for s in (0, 1)] == [0.5, 1.0]
+    assert lr_factor(2, 2, 10, "cosine") == 1.0 and lr_factor(10, 2, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(6, 2, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(9, 2, 10, "constant") == 1.0
+
+
+def test_learning_rates_per_group_and_lora():
+    from slmzoo.builder import build
+
+    card = tiny_model_card("llm.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
+                           "train.freeze=[llm]", "train.lr_groups={lora: 0.01, encoder: 0.001}")
+    groups = param_groups(build(card), card.card.train)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs == {"adapter": card.card.train.lr, "encoder": 0.001, "lora": 0.01}  # the frozen LLM base is absent
+    lora = sum(p.numel() for g in groups if g["name"] == "lora" for p in g["params"])
+    assert lora == 2 * ((4 * 128 + 128 * 4) + (4 * 128 + 64 * 4))  # 2 layers x (q: 128 -> 128, v: 128 -> 64)
+
+
+def test_metrics_checkpoints_and_loadable(corpus, tmp_path):
+    import slmzoo
+
+    summary = _train(corpus, tmp_path / "run", "train.max_steps=4", "train.checkpoint_every=1", "train.keep_last=2")
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all({"step", "loss", "lr"} <= set(r) for r in rows)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path / "run")] == ["step-000003", "step-000004"]
+    assert summary["checkpoint"].endswith("step-000004")
+    model = slmzoo.from_pretrained(summary["checkpoint"])  # random-init tiny model: every tensor is saved
+    assert json.loads((ckpt.latest_checkpoint(tmp_path / "run") / "slmzoo.json").read_text())["trainable_only"] is False
+    assert model.generate([torch.zeros(4000)], max_new_tokens=3) is not None
+
+
+def test_frozen_random_component_is_saved_pretrained_one_is_not():
+    from slmzoo.builder import build
+
+    model = build(tiny_model_card("train.freeze=[encoder]"))
+    assert ckpt.weight_keys(model) is None  # the frozen encoder has no pretrained source: saved too
+    model.card.data["encoder"]["pretrained"] = "somewhere/on-the-hub"
+    keys = ckpt.weight_keys(model)
+    assert keys is not None and not any(k.startswith("encoder.") for k in keys)
+    assert any(k.startswith("adapter.") for k in keys) and any(k.startswith("llm.") for k in keys)
+
+
+def test_resume_is_exact(corpus, tmp_path, monkeypatch):
+    """6 steps straight vs 3, a kill, and --resume for 3 more: identical losses, bit for bit."""
+    _train(corpus, tmp_path / "straight", "train.max_steps=6", "train.checkpoint_every=3")
+    save = ckpt.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        save(run_dir, step, *args, **kwargs)
+        raise KeyboardInterrupt  # killed right after step 3's checkpoint
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(corpus, tmp_path / "split", "train.max_steps=6", "train.checkpoint_every=3")
+    monkeypatch.undo()
+    # A kill after step 3's checkpoint left more log lines behind; resume must drop them.
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "loss": 123.0, "lr": 0.0}) + "\n")
+    _train(corpus, tmp_path / "split", "train.max_steps=6", "train.checkpoint_every=3", resume=True)
+    straight = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "straight")]
+    split = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "split")]
+    assert len(straight) == 6 and split == straight
+    a = ckpt.latest_checkpoint(tmp_path / "straight") / "model.safetensors"
+    b = ckpt.latest_checkpoint(tmp_path / "split") / "model.safetensors"
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_bf16_accumulation_checkpointing_then_refuses_to_overwrite(corpus, tmp_path):
+    summary = _train(corpus, tmp_path / "run", "train.max_steps=1", "train.precision=bf16", "train.grad_accum=2",
+                     "train.gradient_checkpointing=true")
+    assert summary["step"] == 1 and read_metrics(tmp_path / "run")[0]["loss"] > 0
+    with pytest.raises(ResumeError, match="--resume"):
+        _train(corpus, tmp_path / "run", "train.max_steps=2")
+
+
+def test_interrupted_save_leaves_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    _train(corpus, tmp_path / "run", "train.max_steps=2", "train.checkpoint_every=1", "train.keep_last=1")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill in the middle of writing the optimizer state
+
+    monkeypatch.setattr(ckpt.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _train(corpus, tmp_path / "run", "train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=1",
+               resume=True)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "checkpoints" / ".tmp-step-000003").is_dir()  # the partial save
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000002"
+    import slmzoo
+
+    slmzoo.from_pretrained(ckpt.latest_checkpoint(tmp_path / "run"))
+    _train(corpus, tmp_path / "run", "train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=1",
+           resume=True)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000003"]
+
+
+def test_bad_data_is_skipped_not_fatal_and_strict_stops(tmp_path):
+    from slmzoo.data import DataError
+
+    corpus = write_corpus(tmp_path / "c", n=8, extra=[
+        {"id": "missing", "audio_filepath": "nope.flac", "duration": 0.5, "text": "one"},
+        {"id": "long", "audio_filepath": "audio/u000.flac", "duration": 0.3, "text": "nine " * 100}])
+    summary = _train(corpus, tmp_path / "run", "train.max_steps=3", "train.max_text_tokens=64")
+    assert summary["issues"]["by_reason"] == {"missing": 1, "too_long": 1}
+    with pytest.raises(DataError):
+        _train(corpus, tmp_path / "strict", "train.max_steps=3", strict=True)
+
+
+def test_cli_train_then_plot(corpus, tmp_path):
+    import typer
+
+    from slmzoo.cli.train_cmds import register
+
+    app = typer.Typer()
+    register(app)
+    tiny_model_card()  # registers the fake components in this process
+    sets = [a for s in ("encoder.type=fake_frames", "adapter.type=fake_linear", *FAST, "train.max_steps=2",
+                        "train.eval_every=2") for a in ("--set", s)]
+    result = CliRunner().invoke(app, ["train", "salm", "--preset", "tiny", *sets, "--train", f"{corpus}:1.0",
+                                      "--val", str(corpus), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = read_metrics(tmp_path / "run")
+    assert rows[-1]["step"] == 2 and "val_wer" in rows[-1] and "val_loss" in rows[-1]
+    result = CliRunner().invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0 and (tmp_path / "run" / "curves.png").stat().st_size > 1000
