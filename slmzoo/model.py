@@ -19,8 +19,7 @@ from torch import nn
 
 from slmzoo.audio import as_waveform, pad_waveforms
 from slmzoo.card.loader import ResolvedCard, dump_yaml
-from slmzoo.components import lengths_to_mask
-from slmzoo.prompting import IGNORE_INDEX, PromptError, check_audio_count, pad_sequences
+from slmzoo.prompting import IGNORE_INDEX, check_audio_count, pad_sequences
 
 COMPONENTS = ("encoder", "adapter", "fusion", "llm")
 WEIGHTS_FILE, CARD_FILE, INFO_FILE, TOKENIZER_DIR = "model.safetensors", "card.yaml", "slmzoo.json", "tokenizer"

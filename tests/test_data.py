@@ -122,6 +122,14 @@ def test_augmentation_is_deterministic_per_batch_index(tmp_path, formatter):
     assert not np.array_equal(a["audio"].numpy(), clean["audio"].numpy()[:, : a["audio"].shape[1]])
 
 
+def test_augmentation_starts_after_start_batch(tmp_path, formatter):
+    cuts = list(open_manifest(write_corpus(tmp_path, n=3)))
+    aug = AugmentConfig(speed_perturb=[0.9], noise_snr=(10, 20), noise_prob=1.0, start_batch=4)
+    ds, clean = _dataset(formatter, augment=aug), _dataset(formatter)
+    assert np.array_equal(ds[(3, cuts)]["audio"].numpy(), clean[(3, cuts)]["audio"].numpy())
+    assert not np.array_equal(ds[(4, cuts)]["audio"].numpy(), clean[(4, cuts)]["audio"].numpy())
+
+
 def test_bucketing_sampler_limits_duration_and_groups_similar_lengths(tmp_path, formatter):
     path = write_corpus(tmp_path, n=40)
     sampler = make_sampler(training_cuts([str(path)]), max_duration=4.0, num_buckets=4, seed=0)

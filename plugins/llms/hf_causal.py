@@ -64,21 +64,27 @@ def _config(options, builtin_tokenizer=None):
                            "add an inline llm.config with the published dimensions to build offline") from None
 
 
-class HFCausalLM(LanguageModel):
-    """A transformers ``AutoModelForCausalLM`` plus tokenizer, prompt formatter and audio tag id."""
+class HFLanguageModel(LanguageModel):
+    """What every transformers-backed LLM shares: tokenizer + chat format + audio tag, the model built from
+    ``pretrained`` or an inline config, LoRA through peft. Subclasses name their Auto class and peft task."""
+
+    auto_class = "AutoModelForCausalLM"
+    peft_task = "CAUSAL_LM"
+    default_chat_format: str | None = None  # None: the tokenizer's own template, chatml for the built-in one
 
     def __init__(self, options, context):
         super().__init__()
-        from transformers import AutoModelForCausalLM
+        import transformers
 
         from slmzoo.card.schema import PromptConfig
 
         prompt = context.card.card.prompt if context.card is not None else PromptConfig()
+        chat_format = prompt.chat_template or self.default_chat_format
         # The built-in tokenizer has no template of its own, so it gets chatml unless the card names one.
-        builtin_format = CHAT_FORMATS.get(prompt.chat_template or "chatml")
+        builtin_format = CHAT_FORMATS.get(chat_format or "chatml")
         tokenizer, builtin = _load_tokenizer(options, prompt, context.meta,
                                              builtin_format.special_tokens if builtin_format else ())
-        template, end_of_turn, specials = resolve_chat_template(prompt.chat_template, tokenizer)
+        template, end_of_turn, specials = resolve_chat_template(chat_format, tokenizer)
         if template is not None:
             tokenizer.chat_template = template
         new_tokens = [t for t in (*specials, prompt.audio_tag) if t not in tokenizer.get_vocab()]
@@ -90,34 +96,32 @@ class HFCausalLM(LanguageModel):
         self.formatter = PromptFormatter(tokenizer, prompt, end_of_turn)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(prompt.audio_tag)
 
-        dtype = DTYPES[options.dtype]
-        kwargs = {"dtype": dtype}
+        auto = getattr(transformers, self.auto_class)
+        kwargs = {"dtype": DTYPES[options.dtype]}
         if options.attn_implementation:
             kwargs["attn_implementation"] = options.attn_implementation
         if options.pretrained is not None and not context.from_config:
             try:
-                model = AutoModelForCausalLM.from_pretrained(options.pretrained, **kwargs)
+                model = auto.from_pretrained(options.pretrained, **kwargs)
             except OSError as error:
                 raise LLMLoadError(f"llm.pretrained: cannot load {options.pretrained!r} ({error}); offline, use a "
                                    "local folder, the tiny preset, or --meta") from None
         else:
-            config = _config(options, tokenizer if builtin else None)
-            model = AutoModelForCausalLM.from_config(config, **kwargs)
+            model = auto.from_config(self.inline_config(options, tokenizer if builtin else None), **kwargs)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and not context.meta:
             model.resize_token_embeddings(len(tokenizer))
         self.hidden_size = model.config.get_text_config().hidden_size
         if options.lora is not None:
-            model = self._add_lora(model, options.lora)
+            from peft import get_peft_model
+
+            from slmzoo.lora import check_targets, peft_config
+
+            check_targets(model, options.lora, "llm")
+            model = get_peft_model(model, peft_config(options.lora, task_type=self.peft_task))
         self.model = model
 
-    @staticmethod
-    def _add_lora(model, lora):
-        from peft import get_peft_model
-
-        from slmzoo.lora import check_targets, peft_config
-
-        check_targets(model, lora, "llm")
-        return get_peft_model(model, peft_config(lora, task_type="CAUSAL_LM"))
+    def inline_config(self, options, builtin_tokenizer):
+        return _config(options, builtin_tokenizer)
 
     @property
     def config(self):
@@ -132,6 +136,10 @@ class HFCausalLM(LanguageModel):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids [B, L]`` -> ``[B, L, D]``."""
         return self.model.get_input_embeddings()(input_ids)
+
+
+class HFCausalLM(HFLanguageModel):
+    """A transformers ``AutoModelForCausalLM`` plus tokenizer, prompt formatter and audio tag id."""
 
     def forward(self, inputs_embeds, attention_mask, labels=None, position_ids=None, **extra):
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,

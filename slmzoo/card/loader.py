@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from slmzoo.card.errors import CardError, CardIssue, Location, did_you_mean, dotted
+from slmzoo.card.errors import CardError, CardIssue, Location, did_you_mean
 from slmzoo.card.schema import SECTION_KINDS
 from slmzoo.card.yaml_source import SourceMap, parse_yaml
 

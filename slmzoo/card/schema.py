@@ -47,6 +47,9 @@ class AugmentConfig(Strict):
     noise_snr: tuple[float, float] | None = Field(None, description="Add white noise at an SNR drawn from [lo, hi] dB.")
     volume: tuple[float, float] | None = Field(None, description="Random gain range in dB.")
     noise_prob: float = Field(0.5, ge=0, le=1, description="Share of clips that get noise when noise_snr is set.")
+    start_batch: int = Field(
+        0, ge=0, description="Batches trained on clean audio before augmentation starts: a model from scratch first "
+        "finds the audio, then learns robustness (augmenting from step 0 keeps it on the text prior far longer).")
 
 
 class TrainConfig(Strict):

@@ -6,7 +6,6 @@ Under ``accelerate launch -m slmzoo train ...`` the same command runs DDP/FSDP f
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Annotated, Optional

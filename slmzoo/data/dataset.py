@@ -72,7 +72,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         waves, encoded, ids, issues = [], [], [], []
         for cut in cuts:
             try:
-                wave, enc = self._example(cut, rng)
+                wave, enc = self._example(cut, rng, index)
             except BadItem as bad:
                 if self.strict:
                     raise DataError(f"{cut.id}: {bad.reason} (--strict stops at the first bad item)") from None
@@ -93,8 +93,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         )
         return batch
 
-    def _example(self, cut, rng: np.random.Generator):
-        aug = self.augment
+    def _example(self, cut, rng: np.random.Generator, index: int = 0):
+        aug = self.augment if self.augment is not None and index >= self.augment.start_batch else None
         wave = load_waveform(cut, self.sampling_rate)
         if aug is not None and aug.speed_perturb:
             # Kaldi-style speed perturbation (tempo and pitch), by polyphase resampling: 25x faster than
