@@ -35,16 +35,20 @@ class BuildContext:
         return self.meta or not self.load_weights
 
 
-def build_component(section: str, card: ResolvedCard, context: BuildContext):
-    kind_name, options = card.component(section)
-    spec = registry().get(section, kind_name)
+def instantiate(spec, options, context: BuildContext, where: str):
+    """Build one registered component; non-LLM components get the card's LoRA injected here (LLM wrappers
+    apply their own through peft's task wrappers). ``where`` names the card key in errors."""
     module = spec.load_factory()(options, context)
-    # LLM wrappers apply their own LoRA (peft's task wrappers); other components get it injected here.
-    if section != "llm" and getattr(options, "lora", None) is not None:
+    if spec.kind != "llm" and getattr(options, "lora", None) is not None:
         from slmzoo.lora import add_lora
 
-        add_lora(module, options.lora, section)
+        add_lora(module, options.lora, where)
     return module
+
+
+def build_component(section: str, card: ResolvedCard, context: BuildContext):
+    kind_name, options = card.component(section)
+    return instantiate(registry().get(section, kind_name), options, context, section)
 
 
 def build(card, meta: bool = False, preset: str | None = None, overrides=None, load_weights: bool = True):

@@ -88,8 +88,9 @@ class SpeechLM(nn.Module):
             fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
         out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
         loss, aux_loss = out.loss, adapted.aux_loss
-        if labels is not None and len(embeds) == labels.shape[0]:
-            extra_loss = self.adapter.auxiliary_loss(self._response_ids(labels))
+        auxiliary = getattr(self.adapter, "auxiliary_loss", None)  # duck-typed adapters may not define it
+        if auxiliary is not None and labels is not None and len(embeds) == labels.shape[0]:
+            extra_loss = auxiliary(self._response_ids(labels))
             if extra_loss is not None:
                 aux_loss = extra_loss if aux_loss is None else aux_loss + extra_loss
         if aux_loss is not None and loss is not None:

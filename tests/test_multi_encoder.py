@@ -114,7 +114,8 @@ def test_other_sampling_rates_are_resampled_per_clip():
 
 def test_sub_encoder_options_are_validated_and_normalised():
     opts = MultiOptions.model_validate({"encoders": [{"type": "fake_rate", "rate": 50}]})
-    assert opts.encoders == [{"type": "fake_rate", "layer": "last", "rate": 50.0, "dim": 2, "sampling_rate": 16000}]
+    assert opts.encoders == [{"type": "fake_rate", "layer": "last", "lora": None, "rate": 50.0, "dim": 2,
+                              "sampling_rate": 16000}]
     with pytest.raises(ValidationError) as error:
         MultiOptions.model_validate({"encoders": [{"type": "fake_rate"}, {"type": "fake_rat", "rate": 1},
                                                   {"type": "fake_rate", "rate": 1, "dimm": 3}]})
@@ -146,3 +147,17 @@ def test_beats_next_to_a_50hz_encoder():
     beats = enc.encoders[1](audio, lengths)  # 48 and 24 tokens: the last frames repeat the last token
     torch.testing.assert_close(out.hidden[0, :48, 2:], beats.hidden[0])
     torch.testing.assert_close(out.hidden[1, 24:28, 2:], beats.hidden[1, 23:24].expand(4, -1))
+
+
+def test_sub_encoder_lora_is_applied():
+    import yaml
+
+    import slmzoo
+    from slmzoo.card.loader import load_resolved
+
+    data = slmzoo.load_card("wavllm", preset="tiny").data
+    first, *rest = data["encoder"]["encoders"]
+    data["encoder"]["encoders"] = [{**first, "lora": {"r": 2, "target_modules": ["q_proj"]}}, *rest]
+    sub = slmzoo.build(load_resolved(yaml.safe_load(yaml.safe_dump(data)))).encoder.encoders[0]
+    assert any("q_proj.lora_A" in n for n, _ in sub.named_parameters())
+    assert all("lora_" in n for n, p in sub.named_parameters() if p.requires_grad)

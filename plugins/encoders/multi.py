@@ -68,6 +68,7 @@ class MultiEncoder(Encoder):
 
     def __init__(self, options, context):
         super().__init__()
+        from slmzoo.builder import instantiate
         from slmzoo.plugins import registry
 
         encoders = []
@@ -77,7 +78,7 @@ class MultiEncoder(Encoder):
             if getattr(sub_options, "layer", "last") == "all":
                 raise ValueError(f"encoder.encoders[{i}].layer: 'all' (stacked layers) cannot be concatenated with "
                                  "other encoders; use 'last', an index or 'weighted'")
-            encoders.append(spec.load_factory()(sub_options, context))
+            encoders.append(instantiate(spec, sub_options, context, f"encoder.encoders[{i}]"))
         self.encoders = nn.ModuleList(encoders)
         rates = [e.frame_rate for e in encoders]
         pick = {"first": 0, "max": max(range(len(rates)), key=rates.__getitem__),
