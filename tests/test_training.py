@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -155,3 +156,31 @@ def test_cli_train_then_plot(corpus, tmp_path):
     assert rows[-1]["step"] == 2 and "val_wer" in rows[-1] and "val_loss" in rows[-1]
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "run")])
     assert result.exit_code == 0 and (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_ddp_on_two_cpu_processes(tmp_path):
+    """`accelerate launch -m slmzoo train` with two processes (gloo on CPU): no distribution code of ours."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import DIGITS
+
+    if not (DIGITS / "train.jsonl").is_file() or shutil.which("accelerate") is None:
+        pytest.skip("needs the digits corpus and the accelerate launcher")
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "slmzoo", "train", "salm", "--preset", "tiny",
+         "--train", str(DIGITS / "train.jsonl"), "--out", str(run), "--no-progress",
+         "--set", "train.max_steps=4", "--set", "train.log_every=2", "--set", "train.checkpoint_every=4",
+         "--set", "train.max_duration=8"],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4]  # the main process alone logs
+    import slmzoo
+
+    model = slmzoo.from_pretrained(run / "checkpoints" / "step-000004")
+    assert model.generate([np.zeros(8000, np.float32)], max_new_tokens=2)[0] is not None
