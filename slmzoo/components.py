@@ -115,6 +115,12 @@ class Fusion(nn.Module):
         ``AdapterOutput.units``), its ``[T_i]`` long unit ids, which the fusion embeds (``token_space``)."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drop per-call state (an audio memory kept for in-layer attention) once generation is done.
+
+        Not called after ``forward`` in training: gradient checkpointing re-runs layers during backward.
+        """
+
 
 class LanguageModel(nn.Module):
     """A causal LM with its tokenizer. Subclasses set ``hidden_size``, ``tokenizer`` and ``audio_token_id``."""

@@ -145,8 +145,13 @@ class SpeechLM(nn.Module):
         embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
         fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
         generation_kwargs.setdefault("do_sample", False)
-        ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
-                                **fused.extra, **generation_kwargs)
+        try:
+            ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
+                                    **fused.extra, **generation_kwargs)
+        finally:
+            release = getattr(self.fusion, "release", None)
+            if release is not None:
+                release()  # a later bare LLM call must not still see this batch's audio
         return self.decode(ids)
 
     def decode(self, ids: torch.Tensor) -> list[str]:

@@ -268,3 +268,12 @@ def test_card_with_memory_fusion_trains_and_generates(name):
     out = model(model.prepare_batch(waves, responses=["one"]))
     assert torch.isfinite(out.loss) and out.num_tokens > 0
     assert isinstance(model.generate(waves, max_new_tokens=3)[0], str)
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "gated_xattn", "adapter_prompt"])
+def test_generate_releases_the_audio_memory(fusion):
+    import slmzoo
+
+    model = slmzoo.build(slmzoo.load_card("salm", preset="tiny", overrides=[f"fusion.type={fusion}"])).eval()
+    model.generate([np.zeros(8000, np.float32) + 0.01], max_new_tokens=2)
+    assert model.fusion.audio.memory is None and model.fusion.audio.mask is None

@@ -46,6 +46,9 @@ class AdapterPromptFusion(Fusion):
         for j, attn in enumerate(self.attns):
             attn.register_forward_hook(partial(self._attention_hook, j), with_kwargs=True)
 
+    def release(self) -> None:
+        self.audio.clear()
+
     @staticmethod
     def _attention(layer) -> nn.Module:
         attn = getattr(layer, "self_attn", None)

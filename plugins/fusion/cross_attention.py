@@ -47,6 +47,9 @@ class CrossAttentionFusion(Fusion):
             # A bound method, not a submodule of the LLM: no shared weights, and deepcopy maps it to the copy.
             llm.model.get_input_embeddings().register_forward_hook(self._embedding_hook)
 
+    def release(self) -> None:
+        self.audio.clear()
+
     def cross_attend(self, embeds: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """``embeds [B, L, D]`` -> the same embeddings plus every block's residual update from the audio."""
         x = embeds.to(memory.dtype)

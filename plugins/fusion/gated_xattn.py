@@ -52,6 +52,9 @@ class GatedCrossAttentionFusion(Fusion):
             # partial of a bound method (not a closure), so deepcopy of the model maps it to the copies.
             layers[i].register_forward_pre_hook(partial(self._layer_hook, block), with_kwargs=True)
 
+    def release(self) -> None:
+        self.audio.clear()
+
     def _layer_hook(self, block: GatedCrossAttentionBlock, layer, args, kwargs):
         """Runs ``block`` on the hidden states entering ``layer``."""
         if self.audio.memory is None:
