@@ -25,14 +25,11 @@ is an error that names it. The input ``batch_norm`` uses batch statistics in tra
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask
-from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError, load_config, preprocessor_config
+from slmzoo_plugins.encoders.hf_loading import checkpoint_tensors, load_config, load_state_strict, preprocessor_config
 
 # ClapFeatureExtractor's defaults.
 FEATURE_DEFAULTS = dict(feature_size=64, sampling_rate=48000, hop_length=480, max_length_s=10, fft_window_size=1024,
@@ -40,49 +37,12 @@ FEATURE_DEFAULTS = dict(feature_size=64, sampling_rate=48000, hop_length=480, ma
 OTHER_TOWERS = ("text_model.", "text_projection.", "audio_projection.", "logit_scale_a", "logit_scale_t")
 
 
-def _state_dict(pretrained: str) -> dict[str, torch.Tensor]:
-    """Every tensor of a transformers checkpoint (folder or hub id), safetensors or ``pytorch_model.bin``."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-        except Exception as error:
-            raise PretrainedLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error})") from None
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    else:
-        files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise PretrainedLoadError(f"encoder.pretrained: no model.safetensors or pytorch_model.bin in {folder}")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
-    return state
-
-
 def load_audio_tower(model: torch.nn.Module, pretrained: str) -> None:
     """Strictly load ``ClapAudioModel`` weights from a ``ClapModel`` or ``ClapAudioModel`` checkpoint."""
-    state = _state_dict(pretrained)
+    state = checkpoint_tensors(pretrained)
     if any(k.startswith("audio_model.") for k in state):  # a ClapModel: keep the audio tower, drop the others
         state = {k.removeprefix("audio_model."): v for k, v in state.items() if not k.startswith(OTHER_TOWERS)}
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape)
-    problems = [f"missing weight {k}" for k in missing] + [f"unexpected weight {k}" for k in unexpected]
-    problems += [f"shape mismatch {w}" for w in wrong]
-    if problems:
-        raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} does not fit ClapAudioModel: "
-                                  + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    load_state_strict(model, state, pretrained, "ClapAudioModel")
 
 
 class ClapEncoder(Encoder):

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PretrainedLoadError(ValueError):
@@ -116,3 +119,52 @@ def preprocessor_config(pretrained: str | None, context=None) -> dict[str, Any]:
             raise PretrainedLoadError(f"encoder.pretrained: cannot read the feature extractor settings of "
                                       f"{pretrained!r} ({error}); offline, use a local folder") from None
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def checkpoint_tensors(pretrained: str, keep: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:
+    """The tensors of a transformers checkpoint (folder or hub id; sharded or not; safetensors or .bin) whose
+    key ``keep`` accepts. Safetensors are read key by key, so skipped parts (a decoder) never leave the disk."""
+    import torch
+
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors"]))
+            if not any(folder.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
+                folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.bin"]))
+        except Exception as error:
+            raise PretrainedLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error}); offline, use "
+                                      "a local folder or an inline encoder.config with --meta") from None
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise PretrainedLoadError(f"encoder.pretrained: no model.safetensors or pytorch_model.bin in {folder}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as reader:
+                tensors.update({key: reader.get_tensor(key) for key in reader.keys() if keep(key)})
+        else:
+            tensors.update({k: v for k, v in torch.load(file, map_location="cpu", weights_only=True).items() if keep(k)})
+    return tensors
+
+
+def load_state_strict(module, state: dict[str, torch.Tensor], source: str, what: str,
+                      error_class: type[Exception] = None) -> None:
+    """``module.load_state_dict(state)`` refusing any missing, unexpected or mismatched tensor, naming each."""
+    expected = module.state_dict()
+    problems = [f"missing weight {k}" for k in sorted(set(expected) - set(state))]
+    problems += [f"unexpected weight {k}" for k in sorted(set(state) - set(expected))]
+    problems += [f"shape mismatch {k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
+                 for k, v in sorted(state.items()) if k in expected and v.shape != expected[k].shape]
+    if problems:
+        raise (error_class or PretrainedLoadError)(f"encoder.pretrained: {source!r} does not fit {what}: "
+                                                   + "; ".join(problems))
+    module.load_state_dict(state, strict=True)

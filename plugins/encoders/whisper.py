@@ -18,14 +18,12 @@ WhisperForConditionalGeneration or bare-encoder checkpoint.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_to_mask
 from slmzoo_plugins.encoders.features import HOP_LENGTH, N_FFT, SAMPLING_RATE, log_mel, mel_filters
+from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError, checkpoint_tensors, load_state_strict
 from slmzoo_plugins.encoders.layers import LayerSelection
 
 MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding of the centred STFT needs more than n_fft // 2 samples
@@ -50,63 +48,21 @@ def _config(options, from_config: bool):
                                ) from None
 
 
-def _checkpoint_folder(pretrained: str) -> Path:
-    if Path(pretrained).is_dir():
-        return Path(pretrained)
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors"]))
-        if not any(folder.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
-            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.bin"]))
-    except Exception as error:
-        raise WhisperLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error}); offline, use a "
-                               "local folder or an inline encoder.config with --meta") from None
-    return folder
-
-
 def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
-    """The encoder tensors of a transformers Whisper checkpoint, keys relative to ``WhisperEncoder``."""
-    folder = _checkpoint_folder(pretrained)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    else:
-        files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise WhisperLoadError(f"encoder.pretrained: no model.safetensors or pytorch_model.bin in {folder}")
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors import safe_open
+    """The encoder tensors of a transformers Whisper checkpoint, keys relative to ``WhisperEncoder``.
 
-            with safe_open(str(file), framework="pt") as reader:
-                # Only the encoder is read: the decoder of a large checkpoint never leaves the disk.
-                for key in reader.keys():
-                    if key.startswith(("model.encoder.", "encoder.")) or not key.startswith(("model.", "decoder.")):
-                        tensors[key] = reader.get_tensor(key)
-        else:
-            tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+    Only encoder keys are read: the decoder of a large checkpoint never leaves the disk.
+    """
+    try:
+        tensors = checkpoint_tensors(pretrained, keep=lambda key: key.startswith(("model.encoder.", "encoder."))
+                                     or not key.startswith(("model.", "decoder.")))
+    except PretrainedLoadError as error:
+        raise WhisperLoadError(str(error)) from None
     # WhisperForConditionalGeneration nests under model.encoder., WhisperModel under encoder., a bare encoder has none.
     for prefix in ("model.encoder.", "encoder."):
         if any(key.startswith(prefix) for key in tensors):
             return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
     return {key: value for key, value in tensors.items() if not key.startswith(("model.", "decoder.", "proj_out."))}
-
-
-def _load_strict(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        problems = ([f"missing encoder weights: {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected encoder weights: {', '.join(unexpected)}"] if unexpected else [])
-        raise WhisperLoadError(f"encoder.pretrained {source!r}: " + "; ".join(problems))
-    wrong = [f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})" for k, v in state.items()
-             if v.shape != expected[k].shape]
-    if wrong:
-        raise WhisperLoadError(f"encoder.pretrained {source!r}: shape mismatch: {', '.join(wrong)}")
-    encoder.load_state_dict(state, strict=True)
 
 
 class WhisperEncoder(Encoder):
@@ -121,7 +77,8 @@ class WhisperEncoder(Encoder):
         config = _config(options, context.from_config)
         self.encoder = HFWhisperEncoder(config)
         if options.pretrained is not None and not context.from_config:
-            _load_strict(self.encoder, _load_encoder_state(options.pretrained), options.pretrained)
+            load_state_strict(self.encoder, _load_encoder_state(options.pretrained), options.pretrained,
+                              "WhisperEncoder", WhisperLoadError)
         self.config = config
         self.pad_to_window = options.pad_to_window
         self.output_dim = config.d_model
