@@ -17,48 +17,10 @@ import slmzoo.plugins
 from slmzoo.card.errors import CardError
 from slmzoo.card.loader import load_card
 from slmzoo.cli.main import app
+from tests.conftest import BASE_CARD
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-BASE_CARD = """
-name: zoo_base
-description: A fixed test card (first-party cards change; these tests must not).
-paper: https://example.org/base
-year: 2023
-encoder:
-  type: whisper
-  pretrained: openai/whisper-large-v3
-  config: {d_model: 1280, encoder_layers: 32, encoder_attention_heads: 20, encoder_ffn_dim: 5120, num_mel_bins: 128,
-           decoder_layers: 4, decoder_attention_heads: 20, decoder_ffn_dim: 5120}
-adapter: {type: stack, k: 4, hidden_dim: 2048}
-fusion: {type: concat}
-llm:
-  type: hf_causal
-  pretrained: Qwen/Qwen3-1.7B
-  config: {model_type: qwen3, hidden_size: 2048, num_hidden_layers: 28, num_attention_heads: 16, num_key_value_heads: 8,
-           head_dim: 128, intermediate_size: 6144, vocab_size: 151936, max_position_embeddings: 40960,
-           rope_theta: 1000000.0, tie_word_embeddings: true}
-  dtype: bfloat16
-  lora: {r: 128, alpha: 256, dropout: 0.01, target_modules: [q_proj, v_proj]}
-prompt: {audio_tag: <|audioplaceholder|>, chat_template: chatml, tasks: {asr: "Transcribe the following:"}}
-train: {freeze: [llm], lr: 5.0e-4, warmup_steps: 2500, max_steps: 90000, precision: bf16}
-presets:
-  tiny:
-    encoder:
-      pretrained: null
-      config: {d_model: 64, encoder_layers: 2, encoder_attention_heads: 4, encoder_ffn_dim: 128, num_mel_bins: 80,
-               decoder_layers: 1, decoder_attention_heads: 4, decoder_ffn_dim: 128, max_source_positions: 1500}
-    adapter: {k: 2, hidden_dim: 64}
-    llm:
-      pretrained: null
-      tokenizer: bytes
-      dtype: float32
-      lora: null
-      config: {model_type: qwen3, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
-               head_dim: 16, intermediate_size: 128, max_position_embeddings: 2048, tie_word_embeddings: true}
-    train: {freeze: [], precision: fp32}
-"""
 
 
 @pytest.fixture(autouse=True)

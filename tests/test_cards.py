@@ -1,7 +1,6 @@
 """Every card in cards/: metadata, the tiny preset trains exactly what the card says, generation, the
 published parameter count, and the resolved card round-trips through YAML."""
 
-from pathlib import Path
 
 import pytest
 import torch

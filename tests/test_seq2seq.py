@@ -8,7 +8,6 @@ import torch
 
 from slmzoo.components import Adapter, AdapterOutput, EncoderOutput
 from slmzoo.model import SpeechLM, split_prompt_response
-from slmzoo.prompting import IGNORE_INDEX
 from slmzoo_plugins.fusion.concat import ConcatFusion
 from slmzoo_plugins.llms.hf_seq2seq import HFSeq2SeqLM
 from slmzoo_plugins.llms.specs import HFSeq2SeqOptions, LoraOptions

@@ -163,7 +163,6 @@ def test_accelerate_launch_runs_ddp_on_two_cpu_processes(tmp_path):
     """`accelerate launch -m slmzoo train` with two processes (gloo on CPU): no distribution code of ours."""
     import shutil
     import subprocess
-    import sys
 
     from tests.conftest import DIGITS
 
