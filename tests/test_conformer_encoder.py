@@ -191,3 +191,63 @@ def test_wav2vec2_conformer_masks_under_activation_checkpointing():
         encoder(audio, lengths).hidden.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+
+
+def _to_nemo_key(key: str) -> str:
+    """ParakeetEncoder name -> NeMo ConformerEncoder name (the inverse of the conversion mapping)."""
+    import re
+
+    for pattern, replacement in [(r"^subsampling\.layers\.", "pre_encode.conv."),
+                                 (r"^subsampling\.linear\.", "pre_encode.out."),
+                                 (r"^encode_positions\.", "pos_enc."),
+                                 (r"^layers\.(\d+)\.conv\.norm\.", r"layers.\1.conv.batch_norm."),
+                                 (r"\bq_proj\b", "linear_q"), (r"\b([kv])_proj\b", r"linear_\1"),
+                                 (r"\bo_proj\b", "linear_out"), (r"\bbias_([uv])\b", r"pos_bias_\1"),
+                                 (r"\brelative_k_proj\b", "linear_pos")]:
+        key = re.sub(pattern, replacement, key)
+    return "encoder." + key
+
+
+def test_fastconformer_loads_the_encoder_of_a_nemo_checkpoint(tmp_path):
+    """A .nemo archive (model_config.yaml + model_weights.ckpt with NeMo names, a decoder and featurizer buffers
+    besides the encoder) loads strictly into the same encoder as the transformers-format weights."""
+    import io
+    import tarfile
+
+    import yaml
+
+    torch.manual_seed(0)
+    reference = Conformer(ConformerOptions(config=FAST), None).eval()
+    state = {_to_nemo_key(k): v for k, v in reference.model.state_dict().items()}
+    assert "encoder.layers.0.self_attn.linear_q.weight" in state and "encoder.pre_encode.out.weight" in state
+    state |= {"decoder.decoder_layers.0.weight": torch.zeros(5, 32, 1),
+              "preprocessor.featurizer.fb": torch.zeros(1, 16, 257)}
+    config = {"encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": 16, "n_layers": 2,
+                          "d_model": 32, "n_heads": 2, "conv_kernel_size": 5, "subsampling_factor": 8,
+                          "subsampling_conv_channels": 8, "ff_expansion_factor": 2, "xscaling": True,
+                          "dropout": 0.1, "self_attention_model": "rel_pos"},
+              "preprocessor": {"sample_rate": 16000, "window_size": 0.025, "window_stride": 0.01, "features": 16,
+                               "n_fft": 512, "dither": 1e-5}}
+    def write_nemo(path, state):
+        with tarfile.open(path, "w") as tar:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            for name, payload in (("./model_config.yaml", yaml.safe_dump(config).encode()),
+                                  ("./model_weights.ckpt", buffer.getvalue())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        return str(path)
+
+    # intermediate_size is not in NeMo's config (the conversion ignores ff_expansion_factor): pass it inline
+    options = ConformerOptions(pretrained=write_nemo(tmp_path / "tiny.nemo", state), config={"intermediate_size": 64})
+    loaded = Conformer(options, None).eval()
+    audio = torch.zeros(2, 16000)
+    audio[0], audio[1, :9000] = torch.randn(16000) * 0.1, torch.randn(9000) * 0.1
+    lengths = torch.tensor([16000, 9000])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio, lengths).hidden, reference(audio, lengths).hidden)
+    dropped = next(k for k in state if k.startswith("encoder.layers.1."))
+    broken = write_nemo(tmp_path / "broken.nemo", {k: v for k, v in state.items() if k != dropped})
+    with pytest.raises(PretrainedLoadError, match="missing weight layers.1."):
+        Conformer(options.model_copy(update={"pretrained": broken}), None)

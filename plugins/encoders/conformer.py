@@ -20,8 +20,9 @@ from torch import nn
 from transformers import ParakeetEncoder, ParakeetEncoderConfig, Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
 
 from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.encoders.hf_loading import build_hf_model, preprocessor_config
+from slmzoo_plugins.encoders.hf_loading import build_hf_model, load_state_strict, preprocessor_config
 from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.nemo_checkpoint import is_nemo_file, read_nemo_config, read_nemo_encoder_state
 from slmzoo_plugins.encoders.ssl import SSLEncoder, check_waveforms
 
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
@@ -81,10 +82,19 @@ class FastConformerEncoder(Encoder):
         if options.normalize is not None:
             raise ValueError(f"{self.name}: normalize applies to variant wav2vec2_conformer only; fastconformer "
                              "normalises its log-mel features per clip as its feature extractor does")
-        self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig, pretrained=options.pretrained,
-                                    config=options.config, context=context, sub_config="encoder_config")
+        if is_nemo_file(options.pretrained):  # a NeMo checkpoint (canary, parakeet): its config and weights
+            fields, saved = read_nemo_config(options.pretrained)
+            self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig,
+                                        config={**fields, **(options.config or {})}, context=context)
+            if not getattr(context, "from_config", False):
+                load_state_strict(self.model, read_nemo_encoder_state(options.pretrained), options.pretrained,
+                                  "ParakeetEncoder")
+        else:
+            self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig, pretrained=options.pretrained,
+                                        config=options.config, context=context, sub_config="encoder_config")
+            saved = preprocessor_config(options.pretrained, context)
         config = self.model.config
-        settings = {"feature_size": config.num_mel_bins, **preprocessor_config(options.pretrained, context)}
+        settings = {"feature_size": config.num_mel_bins, **saved}
         if settings.get("sampling_rate", 16000) != 16000 or settings["feature_size"] != config.num_mel_bins:
             raise ValueError(f"{self.name}: feature extractor settings {settings} do not fit the encoder "
                              f"(16 kHz, {config.num_mel_bins} mel bins)")

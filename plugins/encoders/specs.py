@@ -57,6 +57,10 @@ class ConformerOptions(SSLOptions):
         "fastconformer", description="fastconformer: transformers' ParakeetEncoder, 12.5 frames/s; "
         "wav2vec2_conformer: Wav2Vec2ConformerModel, 50 frames/s.",
     )
+    pretrained: str | None = Field(
+        None, description="Hub id or local folder (transformers format), or for fastconformer a NeMo .nemo file "
+        "(canary, parakeet): its encoder config, preprocessor settings and encoder weights.",
+    )
 
 
 class BEATsOptions(EncoderOptions):
