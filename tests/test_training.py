@@ -156,6 +156,14 @@ def test_cli_train_then_plot(corpus, tmp_path):
     assert rows[-1]["step"] == 2 and "val_wer" in rows[-1] and "val_loss" in rows[-1]
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "run")])
     assert result.exit_code == 0 and (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    # generate takes the run folder too (its newest checkpoint), like eval
+    from slmzoo.cli.main import app as main_app
+
+    audio = next((corpus.parent / "audio").glob("*.flac"))
+    result = CliRunner().invoke(main_app, ["generate", str(tmp_path / "run"), "--audio", str(audio),
+                                           "--max-new-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["audio"] == str(audio)
 
 
 @pytest.mark.slow

@@ -159,6 +159,27 @@ def load(arg: str, preset: str | None = None, sets: list[str] | None = None):
     return load_card(card_source(arg), preset=preset, overrides=list(sets or []))
 
 
+def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
+    """A run folder (its newest complete checkpoint), a saved model / checkpoint folder, or a card; in eval mode."""
+    import slmzoo
+    from slmzoo.training.checkpoints import latest_checkpoint
+
+    path = Path(model)
+    if path.is_dir() and not is_saved_model(path) and (path / "checkpoints").is_dir():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise CLIError(f"{model}: a run folder without a complete checkpoint")
+        path = newest
+    if is_saved_model(path):
+        if sets or preset:
+            raise CLIError(f"{model} is a saved model: --preset and --set apply to cards only")
+        return slmzoo.from_pretrained(path, device=device)
+    from slmzoo.builder import build
+
+    built = build(load(model, preset, sets))
+    return built.to(device).eval() if device else built.eval()
+
+
 # -- numbers ---------------------------------------------------------------------------------------
 def human(n: int | float | None) -> str:
     """``12345678`` -> ``12.3M``; ``1720000000`` -> ``1.72B`` (three significant digits)."""

@@ -15,7 +15,7 @@ import typer
 
 from slmzoo.cli.common import (
     CLIError, JsonOpt, PresetOpt, SetOpt, echo, echo_json, err, exact, handle_errors, human,
-    is_saved_model, load, out, rate, report, debug,
+    load, load_model, out, rate, report, debug,
 )
 from slmzoo.cli.plugins_cmd import plugins_app
 
@@ -442,7 +442,7 @@ def build(
 @handle_errors()
 def generate(
     target: Annotated[str, typer.Argument(metavar="CARD_OR_DIR",
-                                          help="A card name or file, or a saved model folder.")],
+                                          help="A card name or file, a saved model / checkpoint folder, or a run folder.")],
     audio: Annotated[list[Path], typer.Option("--audio", "-a", help="An audio file (repeatable).")],
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", help="Instruction for every audio; default: the card's default task.")] = None,
@@ -451,21 +451,11 @@ def generate(
     set_: SetOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Generate text for audio files with a card (fresh weights) or a saved model."""
+    """Generate text for audio files with a card (fresh weights), a saved model or a training run."""
     missing = [str(p) for p in audio if not p.is_file()]
     if missing:
         raise CLIError(f"no such audio file: {', '.join(missing)}")
-    import slmzoo
-
-    if is_saved_model(target):
-        if preset or set_:
-            raise CLIError(f"{target} is a saved model: --preset and --set apply to cards only")
-        model = slmzoo.from_pretrained(target)
-    else:
-        if Path(target).is_dir():
-            raise CLIError(f"{target}: a folder, but not a saved slmzoo model (needs card.yaml and model.safetensors)")
-        model = slmzoo.build(load(target, preset, set_))
-        model.eval()
+    model = load_model(target, preset, set_)
     paths = [str(p) for p in audio]
     texts = model.generate(audio=paths, prompts=None if prompt is None else [prompt] * len(paths),
                            max_new_tokens=max_new_tokens)

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from slmzoo.cli.common import CLIError, JsonOpt, PresetOpt, SetOpt, echo_json, handle_errors, is_saved_model, load, out
+from slmzoo.cli.common import JsonOpt, PresetOpt, SetOpt, echo_json, handle_errors, load, load_model, out
 
 
 def _setup_logging(run_dir: Path | None = None) -> None:
@@ -47,27 +47,6 @@ def train(
                                        strict=strict, progress=progress))
     out().print(f"trained to step {summary['step']} in {summary['wall_seconds']:.0f} s; "
                 f"checkpoint {summary['checkpoint']}; skipped {summary['issues']['skipped']} bad item(s)")
-
-
-def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
-    """MODEL: a run folder (its newest complete checkpoint), a saved model / checkpoint folder, or a card."""
-    import slmzoo
-    from slmzoo.training.checkpoints import latest_checkpoint
-
-    path = Path(model)
-    if path.is_dir() and not is_saved_model(path) and (path / "checkpoints").is_dir():
-        newest = latest_checkpoint(path)
-        if newest is None:
-            raise CLIError(f"{model}: a run folder without a complete checkpoint")
-        path = newest
-    if is_saved_model(path):
-        if sets or preset:
-            raise CLIError("--preset/--set apply to cards, not to saved models")
-        return slmzoo.from_pretrained(path, device=device)
-    from slmzoo.builder import build
-
-    built = build(load(model, preset, sets))
-    return built.to(device).eval() if device else built.eval()
 
 
 @handle_errors()
