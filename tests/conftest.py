@@ -1,15 +1,28 @@
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-
+# Offline before anything imports transformers: tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from slmzoo.components import EncoderOutput  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO.parent / "shared" / "data" / "digits"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy CI machine cannot oversubscribe it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -64,3 +77,17 @@ presets:
                head_dim: 16, intermediate_size: 128, max_position_embeddings: 2048, tie_word_embeddings: true}
     train: {freeze: [], precision: fp32}
 """
+
+
+class FrameEncoder(torch.nn.Module):
+    """Waveform -> one 8-dim frame per 160 samples (a stand-in for a real encoder in fusion and LLM tests)."""
+
+    output_dim, frame_rate, sampling_rate = 8, 100.0, 16000
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(160, 8)
+
+    def forward(self, audio, lengths):
+        frames = audio[:, : audio.shape[1] // 160 * 160].unflatten(1, (-1, 160)).to(self.proj.weight.dtype)
+        return EncoderOutput(self.proj(frames), lengths // 160)

@@ -23,13 +23,7 @@ W2C = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermedi
 LENGTHS = [9000, 5321, 2000]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy CI machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clips(seed=0, lengths=LENGTHS):

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from slmzoo.components import AdapterOutput, EncoderOutput
+from slmzoo.components import AdapterOutput
 from slmzoo.model import SpeechLM
 from slmzoo.prompting import IGNORE_INDEX, pad_sequences
 from slmzoo_plugins.fusion import specs
 from slmzoo_plugins.llms.hf_causal import HFCausalLM
 from slmzoo_plugins.llms.specs import HFCausalOptions
+from tests.conftest import FrameEncoder
 
 TINY_LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
@@ -212,20 +213,6 @@ class UnitAdapter(torch.nn.Module):
     def forward(self, hidden, lengths):
         units = (hidden[..., 0].abs() * 10).long() % 16
         return AdapterOutput(embeds=None, lengths=lengths, units=units)
-
-
-class FrameEncoder(torch.nn.Module):
-    """Waveform -> one 8-dim frame per 160 samples (a stand-in for a real encoder)."""
-
-    output_dim, frame_rate, sampling_rate = 8, 100.0, 16000
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(160, 8)
-
-    def forward(self, audio, lengths):
-        frames = audio[:, : audio.shape[1] // 160 * 160].unflatten(1, (-1, 160)).to(self.proj.weight.dtype)
-        return EncoderOutput(self.proj(frames), lengths // 160)
 
 
 def test_token_space_trains_only_the_new_rows():

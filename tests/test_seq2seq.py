@@ -6,27 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from slmzoo.components import Adapter, AdapterOutput, EncoderOutput
+from slmzoo.components import Adapter, AdapterOutput
 from slmzoo.model import SpeechLM, split_prompt_response
 from slmzoo_plugins.fusion.concat import ConcatFusion
 from slmzoo_plugins.llms.hf_seq2seq import HFSeq2SeqLM
 from slmzoo_plugins.llms.specs import HFSeq2SeqOptions, LoraOptions
+from tests.conftest import FrameEncoder
 
 TINY_T5 = dict(model_type="t5", d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4, dropout_rate=0.0)
-
-
-class FrameEncoder(torch.nn.Module):
-    """Waveform -> one 8-dim frame per 160 samples (a stand-in for a real encoder)."""
-
-    output_dim, frame_rate, sampling_rate = 8, 100.0, 16000
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(160, 8)
-
-    def forward(self, audio, lengths):
-        frames = audio[:, : audio.shape[1] // 160 * 160].unflatten(1, (-1, 160)).to(self.proj.weight.dtype)
-        return EncoderOutput(self.proj(frames), lengths // 160)
 
 
 class LinearAdapter(Adapter):

@@ -26,13 +26,7 @@ ENCODERS = {  # name: (plugin, config, base model, task model whose checkpoint t
 LENGTHS = [4000, 2600, 1234]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy CI machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clips(seed=0):

@@ -30,9 +30,11 @@ def build_qformer(options, encoder_dim: int):
 class QFormerAdapter(Adapter):
     """``hidden [B, T, C]`` -> ``embeds [B, num_queries, D]``: learned queries, Q-Former, Linear."""
 
+    name = "qformer"
+
     def __init__(self, options, context):
         super().__init__()
-        require_frames("qformer", context)
+        require_frames(self.name, context)
         self.num_queries = options.num_queries
         self.input_norm = nn.LayerNorm(context.encoder_dim) if options.input_norm else nn.Identity()
         self.query = nn.Parameter(torch.empty(1, options.num_queries, options.hidden_size).normal_(std=0.02))

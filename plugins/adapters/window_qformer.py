@@ -15,24 +15,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.adapters.layers import check_frames, require_frames
-from slmzoo_plugins.adapters.qformer import build_qformer
+from slmzoo.components import AdapterOutput, lengths_to_mask, zero_padding
+from slmzoo_plugins.adapters.layers import check_frames
+from slmzoo_plugins.adapters.qformer import QFormerAdapter
 
 
-class WindowQFormerAdapter(Adapter):
-    """``hidden [B, T, C]`` -> ``embeds [B, ceil(T / stride) * num_queries, D]``."""
+class WindowQFormerAdapter(QFormerAdapter):
+    """``hidden [B, T, C]`` -> ``embeds [B, ceil(T / stride) * num_queries, D]``: the clip-level Q-Former's
+    queries, Q-Former and projection, run per window."""
+
+    name = "window_qformer"
 
     def __init__(self, options, context):
-        super().__init__()
-        require_frames("window_qformer", context)
+        super().__init__(options, context)
         self.window, self.stride = options.window, options.stride or options.window
-        self.num_queries = options.num_queries
-        self.input_norm = nn.LayerNorm(context.encoder_dim) if options.input_norm else nn.Identity()
-        self.query = nn.Parameter(torch.empty(1, options.num_queries, options.hidden_size).normal_(std=0.02))
-        self.qformer = build_qformer(options, context.encoder_dim)
-        self.linear = nn.Linear(options.hidden_size, context.llm_dim)
-        self.output_dim = context.llm_dim
 
     def output_frame_rate(self, input_frame_rate: float) -> float:
         return input_frame_rate / self.stride * self.num_queries
