@@ -2,7 +2,8 @@
 
 Padding efficiency = real audio samples / padded samples over many sampled batches (no model needed), and
 training throughput = audio seconds per wall second over a few optimizer steps of the salm tiny preset.
-With a GPU, also LLM tokens per second and model FLOPs utilization (MFU) of a ~1B-parameter SALM in bf16.
+With a GPU, also LLM tokens per second and model FLOPs utilization (MFU) of a ~1B-parameter SALM in bf16
+(FLOPs counted by torch's FlopCounterMode, divided by the accelerator's dense bf16 peak).
 
     python benchmarks/bench_bucketing.py [--steps 12] [--batches 200] [--max-duration 55]
 """
@@ -50,50 +51,77 @@ def throughput(model, dataset, sampler, steps: int) -> dict:
 
 # Dense bf16 peak of the accelerators we meet, FLOP/s (vendor datasheets, no sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-# SALM at about 1B parameters: a 16-layer FastConformer (~0.4B) + Qwen3-0.6B, random weights.
+# SALM at about 1B parameters: a 16-layer FastConformer (~0.4B) + Qwen3-0.6B with the card's LoRA, random weights.
 GPU_CARD_SETS = [
     "encoder.config.num_hidden_layers=16",
     "llm.config={model_type: qwen3, hidden_size: 1024, num_hidden_layers: 28, num_attention_heads: 16, "
     "num_key_value_heads: 8, head_dim: 128, intermediate_size: 3072, vocab_size: 151936, "
     "max_position_embeddings: 40960, tie_word_embeddings: true}",
-    "llm.pretrained=null", "llm.tokenizer=bytes", "encoder.pretrained=null", "llm.dtype=bfloat16",
+    "llm.pretrained=null", "llm.tokenizer=bytes", "encoder.pretrained=null",
 ]
 
 
-def gpu_mfu(manifest: str, steps: int, max_duration: float) -> dict:
-    """Tokens/s and MFU of bf16 training steps on the GPU; FLOPs = 6 x params x positions per component."""
-    import slmzoo
-    from slmzoo.data import SpeechDataset, make_loader, make_sampler, training_cuts
+def _train_step(model, batch, optimizer, device: torch.device):
     from slmzoo.training.loop import TENSOR_KEYS
 
-    torch.manual_seed(0)
-    model = slmzoo.build(slmzoo.load_card("salm", overrides=GPU_CARD_SETS)).to("cuda", torch.bfloat16).train()
-    params = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("encoder", "adapter", "llm")}
+    batch = {k: batch[k].to(device, non_blocking=True) for k in TENSOR_KEYS}
+    # bf16 autocast over fp32 master weights, as `train.precision: bf16` runs under Accelerate.
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = model(batch)
+    out.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bf16_mfu(model, batches: list[dict], device: torch.device, peak: float | None) -> dict:
+    """LLM tokens/s, model TFLOP/s and MFU of bf16 training steps over ``batches`` (collated, in memory).
+
+    The model FLOPs of each step are counted by torch's FlopCounterMode (matmuls, convolutions, attention; the
+    backward of frozen weights is not counted because it does not run) on a first, untimed pass over the
+    batches, which also warms kernels and the allocator; a second pass over the same batches is timed.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    dataset = SpeechDataset(model.formatter, model.sampling_rate)
-    loader = iter(make_loader(dataset, make_sampler(training_cuts([manifest]), max_duration, seed=0), num_workers=2))
-    flops = tokens = 0.0
-    for step in range(steps + 2):
-        if step == 2:  # two warm-up steps: kernels compiled, allocator settled
-            torch.cuda.synchronize()
-            start, flops, tokens = time.perf_counter(), 0.0, 0.0
-        batch = {k: v.to("cuda") for k, v in next(loader).items() if k in TENSOR_KEYS}
-        batch["audio"] = batch["audio"].to(torch.bfloat16)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        frames = float(batch["audio_lens"].sum()) / 16000 * model.encoder.frame_rate
-        positions = float(out.logits.shape[0] * out.logits.shape[1])
-        tokens += positions
-        flops += 6 * (params["encoder"] + params["adapter"]) * frames + 6 * params["llm"] * positions
-    torch.cuda.synchronize()
+    flops = 0
+    for batch in batches:
+        with FlopCounterMode(display=False) as counter:
+            _train_step(model, batch, optimizer, device)
+        flops += counter.get_total_flops()
+    tokens = 0
+    _synchronize(device)
+    start = time.perf_counter()
+    for batch in batches:
+        out = _train_step(model, batch, optimizer, device)
+        tokens += out.logits.shape[0] * out.logits.shape[1]
+    _synchronize(device)
     wall = time.perf_counter() - start
+    achieved = flops / wall
+    return {"params": sum(p.numel() for p in model.parameters()), "steps": len(batches), "model_flops": flops,
+            "llm_tokens_per_second": tokens / wall, "model_tflops_per_second": achieved / 1e12,
+            "mfu": achieved / peak if peak else None}
+
+
+def gpu_mfu(manifest: str, steps: int, max_duration: float) -> dict:
+    """:func:`bf16_mfu` of the ~1B SALM on this machine's GPU."""
+    import slmzoo
+    from slmzoo.data import SpeechDataset, make_loader, make_sampler, training_cuts
+
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card("salm", overrides=GPU_CARD_SETS))
+    dataset = SpeechDataset(model.formatter, model.sampling_rate)
+    loader = make_loader(dataset, make_sampler(training_cuts([manifest]), max_duration, seed=0), num_workers=2)
+    batches = [batch for _, batch in zip(range(steps), loader)]
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return {"device": name, "params": sum(params.values()), "llm_tokens_per_second": tokens / wall,
-            "model_tflops_per_second": flops / wall / 1e12, "mfu": (flops / wall / peak) if peak else None}
+    return {"device": name, **bf16_mfu(model, batches, torch.device("cuda"), peak)}
 
 
 def main() -> None:

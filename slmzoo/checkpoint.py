@@ -14,12 +14,14 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_weights(model: nn.Module, path: Path, keys: set[str] | None = None) -> None:
-    """Save ``model.state_dict()`` (restricted to ``keys`` if given); tied tensors are stored once."""
+def save_weights(model: nn.Module, path: Path, keys: set[str] | None = None,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save ``model.state_dict()`` (or a ``state_dict`` gathered for it, as under FSDP), restricted to ``keys``
+    if given; tied tensors are stored once."""
     from safetensors.torch import save_file
 
     tensors, aliases, seen = {}, {}, {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (model.state_dict() if state_dict is None else state_dict).items():
         if keys is not None and name not in keys:
             continue
         ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))

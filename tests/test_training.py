@@ -98,6 +98,26 @@ def test_resume_is_exact(corpus, tmp_path, monkeypatch):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_optimizer_state_is_keyed_by_name_and_positional_files_still_load():
+    def trained():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        optimizer = torch.optim.AdamW(model.parameters())
+        model(torch.randn(5, 3)).sum().backward()
+        optimizer.step()
+        return model, optimizer
+
+    model, optimizer = trained()
+    state = ckpt.optimizer_state(model, optimizer)
+    assert sorted(state["state"]) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    for saved in (state, optimizer.state_dict()):  # by name (now) and by position (first checkpoints)
+        fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        restored = torch.optim.AdamW(fresh.parameters())
+        ckpt.restore_optimizer(fresh, restored, saved)
+        for a, b in zip(restored.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+            assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and a["step"] == b["step"]
+
+
 def test_bf16_accumulation_checkpointing_then_refuses_to_overwrite(corpus, tmp_path):
     summary = _train(corpus, tmp_path / "run", "train.max_steps=1", "train.precision=bf16", "train.grad_accum=2",
                      "train.gradient_checkpointing=true")
@@ -191,3 +211,69 @@ def test_accelerate_launch_runs_ddp_on_two_cpu_processes(tmp_path):
 
     model = slmzoo.from_pretrained(run / "checkpoints" / "step-000004")
     assert model.generate([np.zeros(8000, np.float32)], max_new_tokens=2)[0] is not None
+
+
+def _torchrun(tmp_path, out, *args, fsdp: bool, max_steps: int = 4, resume: bool = False):
+    """``torchrun`` two CPU processes of ``slmzoo train`` on the digits corpus: DDP, or FSDP2 through the
+    tests/fsdp_on_cpu.py harness. Returns the run's metrics."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import DIGITS, REPO
+
+    if not (DIGITS / "train.jsonl").is_file() or shutil.which("torchrun") is None:
+        pytest.skip("needs the digits corpus and torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+    target = [str(REPO / "tests" / "fsdp_on_cpu.py")] if fsdp else ["-m", "slmzoo"]
+    if fsdp:
+        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29500 + os.getpid() % 1000 + (7 if fsdp else 0)), *target, "train", "salm", "--preset", "tiny",
+               "--train", str(DIGITS / "train.jsonl"), "--val", str(DIGITS / "dev.jsonl"), "--out", str(out),
+               "--no-progress", *(["--resume"] if resume else []), *args,
+               *[a for s in (f"train.max_steps={max_steps}", "train.log_every=1", "train.checkpoint_every=2",
+                             "train.eval_every=4", "train.max_duration=8", "train.keep_last=2")
+                 for a in ("--set", s)]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.count("trained to step") == 1  # the main process alone reports
+    return read_metrics(out)
+
+
+@pytest.mark.slow
+def test_fsdp_trains_like_ddp_saves_whole_weights_and_resumes_exactly(tmp_path):
+    """FSDP2 (two CPU processes): the same losses as DDP on the same batches, validation with both ranks taking
+    part, checkpoints gathered into whole weights that ``from_pretrained`` loads, and an exact ``--resume``."""
+    import slmzoo
+
+    ddp = _torchrun(tmp_path, tmp_path / "ddp", fsdp=False)
+    fsdp = _torchrun(tmp_path, tmp_path / "fsdp", fsdp=True)
+    losses = {name: [r["loss"] for r in rows if "loss" in r] for name, rows in (("ddp", ddp), ("fsdp", fsdp))}
+    assert len(losses["fsdp"]) == 4
+    assert losses["fsdp"][0] == pytest.approx(losses["ddp"][0], rel=1e-6)  # same weights, same first batches
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-3)  # reductions in another order after that
+    assert [r["step"] for r in fsdp if "val_wer" in r] == [4]
+    assert "accelerate: FSDP, 2 process(es)" in (tmp_path / "fsdp" / "train.log").read_text()
+    assert "accelerate: MULTI_CPU, 2 process(es)" in (tmp_path / "ddp" / "train.log").read_text()
+
+    model = slmzoo.from_pretrained(tmp_path / "fsdp" / "checkpoints" / "step-000004")  # strict: every tensor
+    reference = slmzoo.from_pretrained(tmp_path / "ddp" / "checkpoints" / "step-000004")
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=name)
+    optimizer = torch.load(tmp_path / "fsdp" / "checkpoints" / "step-000004" / "optimizer.pt", weights_only=False)
+    assert "llm.model.model.embed_tokens.weight" in optimizer["state"]  # whole, keyed by parameter name
+
+    # Resume: a copy of the run cut back to its step-2 checkpoint continues to the same losses, bit for bit.
+    import shutil
+
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000004")
+    resumed = _torchrun(tmp_path, tmp_path / "resumed", fsdp=True, resume=True)
+    assert [(r["step"], r.get("loss")) for r in resumed] == [(r["step"], r.get("loss")) for r in fsdp]
+    from safetensors.torch import load_file
+
+    straight = load_file(tmp_path / "fsdp" / "checkpoints" / "step-000004" / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / "checkpoints" / "step-000004" / "model.safetensors")
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)

@@ -7,6 +7,7 @@ Under ``accelerate launch -m slmzoo train ...`` the same command runs DDP/FSDP f
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,12 +17,15 @@ from slmzoo.cli.common import JsonOpt, PresetOpt, SetOpt, echo_json, handle_erro
 
 
 def _setup_logging(run_dir: Path | None = None) -> None:
+    # Under a launcher every process runs this command: the main one (RANK 0) alone writes train.log and
+    # logs progress; the others report only warnings and errors.
+    main_process = int(os.environ.get("RANK", "0")) == 0
     handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if run_dir is not None:
+    if run_dir is not None and main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "train.log"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
 @handle_errors()
@@ -45,8 +49,9 @@ def train(
     resolved = load(card, preset, sets)
     summary = run(resolved, RunOptions(train=list(train_manifests), out=out_dir, val=val, resume=resume,
                                        strict=strict, progress=progress))
-    out().print(f"trained to step {summary['step']} in {summary['wall_seconds']:.0f} s; "
-                f"checkpoint {summary['checkpoint']}; skipped {summary['issues']['skipped']} bad item(s)")
+    if summary["is_main"]:
+        out().print(f"trained to step {summary['step']} in {summary['wall_seconds']:.0f} s; "
+                    f"checkpoint {summary['checkpoint']}; skipped {summary['issues']['skipped']} bad item(s)")
 
 
 @handle_errors()

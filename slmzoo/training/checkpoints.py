@@ -6,6 +6,10 @@ pruned only after the new one is in place, so the last good one is never deleted
 Layout of ``RUN_DIR/checkpoints/step-000300/``: what ``slmzoo.from_pretrained`` reads (``card.yaml``,
 ``model.safetensors``, ``slmzoo.json``, tokenizer files) plus ``optimizer.pt``, ``scheduler.pt``,
 ``rng-<rank>.pt`` and ``trainer_state.json`` (step, batches consumed, data issues).
+
+Weights and optimizer state are stored whole (not sharded) and keyed by parameter name, through
+``torch.distributed.checkpoint.state_dict``: one process, DDP and FSDP (1 and 2) runs write the same files, and a
+run can resume under another world size or wrapper.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from slmzoo.model import CARD_FILE, COMPONENTS, INFO_FILE, TOKENIZER_DIR, WEIGHT
 
 STATE_FILE = "trainer_state.json"
 PREFIX, TMP_PREFIX = "step-", ".tmp-step-"
+FROM_MODEL = object()  # save_model's default keys: ask weight_keys() of the model itself
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -55,15 +60,41 @@ def weight_keys(model) -> set[str] | None:
     return None if keys >= set(state) else keys
 
 
-def save_model(model, directory: Path) -> None:
-    """``SpeechLM.save_pretrained`` with :func:`weight_keys`: loadable by ``slmzoo.from_pretrained``."""
-    keys = weight_keys(model)
-    save_weights(model, directory / WEIGHTS_FILE, keys=keys)
+def save_model(model, directory: Path, state_dict: dict | None = None, keys=FROM_MODEL) -> None:
+    """``SpeechLM.save_pretrained`` with :func:`weight_keys`: loadable by ``slmzoo.from_pretrained``.
+
+    ``state_dict``: the whole model's weights gathered from a sharded run; ``keys``: :func:`weight_keys` taken
+    before the model was wrapped (FSDP1 renames parameters)."""
+    keys = weight_keys(model) if keys is FROM_MODEL else keys
+    save_weights(model, directory / WEIGHTS_FILE, keys=keys, state_dict=state_dict)
     (directory / CARD_FILE).write_text(model.card.to_yaml(), encoding="utf-8")
     info = {"format": 1, "trainable_only": keys is not None, "preset": model.card.preset, "versions": versions()}
     (directory / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     if not _is_builtin_tokenizer(model.card):
         model.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+
+
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's whole state keyed by parameter name, on CPU. Collective: every rank of a distributed run
+    must call it (FSDP gathers the shards); only the main process's copy is complete."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, _inner(optimizer), options=options)
+
+
+def restore_optimizer(model, optimizer, state: dict) -> None:
+    """Load :func:`optimizer_state` into a (possibly wrapped or sharded) model's optimizer; every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if any(isinstance(i, int) for group in state["param_groups"] for i in group["params"]):
+        _inner(optimizer).load_state_dict(state)  # keyed by position: written by slmzoo 0.1's first checkpoints
+        return
+    set_optimizer_state_dict(model, _inner(optimizer), state, options=StateDictOptions(full_state_dict=True))
 
 
 def rng_state() -> dict:
@@ -100,9 +131,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep_last: int,
-                    rank: int = 0, is_main: bool = True) -> Path:
-    """Write ``step-<step>`` atomically, then prune to the newest ``keep_last``. Returns the folder."""
+def save_checkpoint(run_dir: Path, step: int, model, optimizer_state: dict, scheduler, state: dict, keep_last: int,
+                    rank: int = 0, is_main: bool = True, weights: dict | None = None,
+                    keys=FROM_MODEL) -> Path:
+    """Write ``step-<step>`` atomically, then prune to the newest ``keep_last``. Returns the folder.
+
+    ``optimizer_state`` comes from :func:`optimizer_state`; ``weights`` (default: the model's own) and ``keys``
+    are as in :func:`save_model`."""
     root = checkpoint_dir(run_dir)
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f"{TMP_PREFIX}{step:06d}"
@@ -110,8 +145,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_model(model, tmp, weights, keys)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / f"rng-{rank}.pt")
         # Written last: a folder with trainer_state.json is complete even on filesystems without atomic rename.
@@ -145,10 +180,15 @@ def clean_temporary(run_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore weights, optimizer, scheduler and this rank's RNG; returns the trainer state."""
+def load_model_weights(folder: Path, model) -> None:
+    """The checkpoint's weights into the unwrapped model: before ``accelerator.prepare`` shards it."""
     load_weights(model, folder / WEIGHTS_FILE, strict=False)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+
+
+def load_training_state(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore optimizer (into the prepared model's optimizer), scheduler and this rank's RNG; returns the
+    trainer state. Every rank calls it."""
+    restore_optimizer(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
     rng_file = folder / f"rng-{rank}.pt"
     if rng_file.is_file():

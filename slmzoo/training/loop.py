@@ -1,5 +1,6 @@
 """The training loop on Accelerate: one process on CPU or GPU, or DDP/FSDP under ``accelerate launch``
-(the Accelerate config decides; there is no distribution code here beyond sharding the sampler by rank).
+(the Accelerate config decides; there is no distribution code here beyond sharding the sampler by rank,
+gathering checkpoints and letting every rank of a sharded model validate).
 
 One step = ``train.grad_accum`` batches of ``train.max_duration`` seconds, then clipping, an AdamW step and a
 scheduler step. Resume restores weights, optimizer, scheduler, RNG and the number of batches consumed, so the
@@ -77,7 +78,7 @@ def validate(model, dataset: SpeechDataset, cuts: list, limit: int | None, batch
 def train(card, options: RunOptions) -> dict:
     """Train ``card`` (a ResolvedCard) into ``options.out``; returns a summary of the run."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     from slmzoo.builder import build
 
@@ -98,18 +99,25 @@ def train(card, options: RunOptions) -> dict:
 
     set_seed(cfg.seed)
     model = build(card)
+    if resume_from is not None:  # into the whole model, before FSDP shards it
+        ckpt.load_model_weights(resume_from, model)
     if cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     model.train()
+    saved_keys = ckpt.weight_keys(model)  # names before wrapping: FSDP1 renames parameters
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    # A sharded model runs forward only with every rank taking part: then all ranks validate (the same cuts).
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    log.info("accelerate: %s, %d process(es), device %s, precision %s", accelerator.distributed_type.value,
+             accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
     issues = DataIssues(strict=options.strict)
     step, consumed = 0, 0
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, raw, optimizer, scheduler, rank)
+        state = ckpt.load_training_state(resume_from, model, optimizer, scheduler, rank)
         step, consumed = state["step"], state["batches_consumed"]
         issues.counts.update(state.get("issues", {}))
         log.info("resumed from %s (step %d, %d batches consumed)", resume_from, step, consumed)
@@ -140,7 +148,11 @@ def train(card, options: RunOptions) -> dict:
     def save():
         state = {"batches_consumed": consumed, "issues": dict(issues.counts)}
         accelerator.wait_for_everyone()
-        folder = ckpt.save_checkpoint(out, step, raw, optimizer, scheduler, state, cfg.keep_last, rank, is_main)
+        weights = accelerator.get_state_dict(model)  # collective: gathers FSDP shards onto the main process
+        # Collective under FSDP; otherwise the main process alone copies the optimizer state out.
+        optimizer_state = ckpt.optimizer_state(model, optimizer) if sharded or is_main else None
+        folder = ckpt.save_checkpoint(out, step, raw, optimizer_state, scheduler, state, cfg.keep_last, rank,
+                                      is_main, weights=weights, keys=saved_keys)
         accelerator.wait_for_everyone()
         if not is_main:
             ckpt.save_rng_other_rank(out, step, rank)
@@ -186,10 +198,11 @@ def train(card, options: RunOptions) -> dict:
                 logger.log(row)
                 window = {"loss": 0.0, "n": 0, "audio": 0.0, "t": now}
             if val_cuts and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                if is_main:
+                if is_main or sharded:
                     row = {"step": step, **validate(raw, val_set, val_cuts, options.val_limit)}
-                    logger.log(row)
-                    progress.note(f"step {step}: val_loss {row['val_loss']:.3f} val_wer {row['val_wer']:.3f}")
+                    logger.log(row)  # the main process's logger alone writes
+                    if is_main:
+                        progress.note(f"step {step}: val_loss {row['val_loss']:.3f} val_wer {row['val_wer']:.3f}")
                 accelerator.wait_for_everyone()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 save()
@@ -199,7 +212,7 @@ def train(card, options: RunOptions) -> dict:
     if issues.total:
         log.warning("skipped %d bad item(s): %s", issues.total, dict(issues.counts))
     return {"step": step, "checkpoint": str(ckpt.latest_checkpoint(out)), "issues": issues.summary(),
-            "wall_seconds": time.perf_counter() - start_time, "audio_seconds": total_audio}
+            "wall_seconds": time.perf_counter() - start_time, "audio_seconds": total_audio, "is_main": is_main}
 
 
 class _Progress:
