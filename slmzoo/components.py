@@ -66,7 +66,29 @@ class FusedInputs:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. cross-attention memory for in-layer fusions
 
 
-class Encoder(nn.Module):
+def config_fields(config) -> dict[str, Any]:
+    """A transformers config as inline card fields: what differs from its class defaults, plus ``model_type``."""
+    fields = config.to_diff_dict()
+    for noise in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype"):
+        fields.pop(noise, None)
+    fields["model_type"] = config.model_type
+    return fields
+
+
+class Standalone:
+    """Components whose card block may name a ``pretrained`` source (a hub id, a folder, a file)."""
+
+    def standalone_options(self) -> dict[str, Any] | None:
+        """Card options that rebuild this component exactly without its ``pretrained`` source: the inline
+        ``config`` and any settings read from the source (feature extraction). A self-contained save writes them
+        into its card, with every weight in the checkpoint. ``None``: the component cannot do without its source.
+
+        The default covers components keeping a transformers config in ``self.config``."""
+        config = getattr(self, "config", None)
+        return {"config": config_fields(config)} if hasattr(config, "to_diff_dict") else None
+
+
+class Encoder(Standalone, nn.Module):
     """Waveforms in, frames out. Subclasses set ``output_dim``, ``frame_rate`` and ``sampling_rate``."""
 
     output_dim: int
@@ -78,7 +100,7 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
-class Adapter(nn.Module):
+class Adapter(Standalone, nn.Module):
     """Encoder frames -> LLM-width embeddings."""
 
     output_dim: int
@@ -98,7 +120,7 @@ class Adapter(nn.Module):
         return None
 
 
-class Fusion(nn.Module):
+class Fusion(Standalone, nn.Module):
     """Combines audio embeddings with the tokenized prompt for the LLM."""
 
     def fuse(
@@ -122,7 +144,7 @@ class Fusion(nn.Module):
         """
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(Standalone, nn.Module):
     """A causal LM with its tokenizer. Subclasses set ``hidden_size``, ``tokenizer`` and ``audio_token_id``."""
 
     hidden_size: int

@@ -19,6 +19,7 @@ from torch import nn
 
 from slmzoo.audio import as_waveform, pad_waveforms
 from slmzoo.card.loader import ResolvedCard, dump_yaml
+from slmzoo.components import Standalone
 from slmzoo.prompting import IGNORE_INDEX, check_audio_count, pad_sequences
 
 COMPONENTS = ("encoder", "adapter", "fusion", "llm")
@@ -238,32 +239,39 @@ class SpeechLM(nn.Module):
         if trainable_only:
             keys = {n for n, p in self.named_parameters() if p.requires_grad}
         save_weights(self, directory / WEIGHTS_FILE, keys=keys)
-        (directory / CARD_FILE).write_text(dump_yaml(self._self_contained_card(trainable_only)), encoding="utf-8")
+        card, sources = self._self_contained_card(trainable_only)
+        (directory / CARD_FILE).write_text(dump_yaml(card), encoding="utf-8")
         info = {"format": 1, "trainable_only": trainable_only, "preset": self.card.preset, "versions": versions()}
+        if sources:
+            info["sources"] = sources  # where the backbones came from; the save no longer needs them
         (directory / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         if not _is_builtin_tokenizer(self.card):
             self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         return directory
 
-    def _self_contained_card(self, trainable_only: bool) -> dict:
-        """The resolved card, plus the configs of backbones it only names by ``pretrained``.
+    def _self_contained_card(self, trainable_only: bool) -> tuple[dict, dict[str, str | list[str]]]:
+        """The resolved card and the ``pretrained`` sources a full save no longer needs.
 
-        A full save must rebuild without the original folder or hub: the checkpoint has every weight,
-        so each such component gets its inline ``config`` from the built module.
+        A full save has every weight, so it must rebuild without the original folder, file or hub: each
+        component that names a source and can stand alone (:meth:`Standalone.standalone_options`) gets its
+        inline config and source-derived settings written into the card, and its ``pretrained`` cleared.
         """
         data = json.loads(json.dumps(self.card.data))
+        sources = {}
         if trainable_only:
-            return data
+            return data, sources
         for section in COMPONENTS:
-            block = data[section]
-            config = getattr(getattr(self, section), "config", None)
-            if block.get("pretrained") and block.get("config") is None and hasattr(config, "to_diff_dict"):
-                fields = config.to_diff_dict()
-                for noise in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype"):
-                    fields.pop(noise, None)
-                fields["model_type"] = config.model_type
-                block["config"] = fields
-        return data
+            block, component = data[section], getattr(self, section)
+            if not _sources(block):
+                continue
+            standalone = component.standalone_options() if isinstance(component, Standalone) else None
+            if standalone is None:
+                continue
+            sources[section] = block["pretrained"] if block.get("pretrained") else _sources(block)
+            block.update(json.loads(json.dumps(standalone)))  # plain YAML types (tuples become lists)
+            if block.get("pretrained"):
+                block["pretrained"] = None
+        return data, sources
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "SpeechLM":
@@ -290,6 +298,16 @@ class SpeechLM(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def _sources(block) -> list[str]:
+    """The ``pretrained`` sources a card block names, its own and those of blocks nested in it (``multi``)."""
+    if isinstance(block, dict):
+        own = [block["pretrained"]] if block.get("pretrained") else []
+        return own + [source for value in block.values() for source in _sources(value)]
+    if isinstance(block, list):
+        return [source for value in block for source in _sources(value)]
+    return []
 
 
 def split_prompt_response(input_ids, attention_mask, labels, pad_id: int):

@@ -241,6 +241,12 @@ def test_fastconformer_loads_the_encoder_of_a_nemo_checkpoint(tmp_path):
     lengths = torch.tensor([16000, 9000])
     with torch.no_grad():
         torch.testing.assert_close(loaded(audio, lengths).hidden, reference(audio, lengths).hidden)
+    # What a self-contained save writes in place of the .nemo rebuilds the same encoder without it.
+    standalone = Conformer(ConformerOptions(**loaded.standalone_options()), None).eval()
+    assert standalone.feature_settings == loaded.feature_settings and standalone.feature_settings["hop_length"] == 160
+    standalone.load_state_dict(loaded.state_dict())
+    with torch.no_grad():
+        assert torch.equal(standalone(audio, lengths).hidden, loaded(audio, lengths).hidden)
     dropped = next(k for k in state if k.startswith("encoder.layers.1."))
     broken = write_nemo(tmp_path / "broken.nemo", {k: v for k, v in state.items() if k != dropped})
     with pytest.raises(PretrainedLoadError, match="missing weight layers.1."):

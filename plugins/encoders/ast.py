@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask
-from slmzoo_plugins.encoders.hf_loading import build_hf_model, preprocessor_config
+from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask
+from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings
 from slmzoo_plugins.encoders.kaldi_fbank import fbank, num_frames
 from slmzoo_plugins.encoders.layers import LayerSelection
 
@@ -48,7 +48,7 @@ class ASTEncoder(Encoder):
         self.model = build_hf_model(ASTModel, ASTConfig, pretrained=options.pretrained, config=options.config,
                                     context=context)
         config = self.model.config
-        saved = {k: v for k, v in preprocessor_config(options.pretrained, context).items() if k in FEATURE_DEFAULTS}
+        saved = feature_settings(options.pretrained, options.feature_extractor, FEATURE_DEFAULTS, context)
         # Without a preprocessor config the grid's own sizes apply (the extractor's 128 x 1024 defaults are AST's).
         grid = {"num_mel_bins": config.num_mel_bins, "max_length": config.max_length}
         self.features_config = {**FEATURE_DEFAULTS, **grid, **saved}
@@ -66,6 +66,9 @@ class ASTEncoder(Encoder):
                            "pooled": FRAMES_PER_SECOND / config.max_length}[options.output]
         self.select = LayerSelection(options.layer, config.num_hidden_layers)
         self.stacks_layers = self.select.stacks_layers
+
+    def standalone_options(self) -> dict:
+        return {"config": config_fields(self.model.config), "feature_extractor": dict(self.features_config)}
 
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
         if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:

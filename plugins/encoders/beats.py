@@ -330,6 +330,9 @@ class BEATsEncoder(Encoder):
         self.select = LayerSelection(options.layer, config["encoder_layers"])
         self.stacks_layers = self.select.stacks_layers
 
+    def standalone_options(self) -> dict:
+        return {"config": dict(self.model.config)}  # the official BEATsConfig fields, complete
+
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
         if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:
             raise ValueError(f"beats encoder: expected audio [B, S] (mono) and lengths [B]; got "

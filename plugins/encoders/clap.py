@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask
-from slmzoo_plugins.encoders.hf_loading import checkpoint_tensors, load_config, load_state_strict, preprocessor_config
+from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask
+from slmzoo_plugins.encoders.hf_loading import checkpoint_tensors, feature_settings, load_config, load_state_strict
 
 # ClapFeatureExtractor's defaults.
 FEATURE_DEFAULTS = dict(feature_size=64, sampling_rate=48000, hop_length=480, max_length_s=10, fft_window_size=1024,
@@ -60,9 +60,8 @@ class ClapEncoder(Encoder):
         self.model = ClapAudioModel(config)
         if options.pretrained is not None and not context.from_config:
             load_audio_tower(self.model, options.pretrained)
-        saved = preprocessor_config(options.pretrained, context) if options.feature_extractor is None else {}
-        fe = {**FEATURE_DEFAULTS, **{k: v for k, v in {**saved, **(options.feature_extractor or {})}.items()
-                                     if k in FEATURE_DEFAULTS}}
+        fe = {**FEATURE_DEFAULTS,
+              **feature_settings(options.pretrained, options.feature_extractor, FEATURE_DEFAULTS, context)}
         fe["truncation"] = "fusion" if config.enable_fusion else "rand_trunc"
         self.fe, self.fusion = fe, config.enable_fusion
         if fe["padding"] not in ("repeatpad", "repeat", "pad"):
@@ -85,6 +84,11 @@ class ClapEncoder(Encoder):
         self.time_steps, self.freq_steps = steps * freq_ratio, steps // freq_ratio
         window_s = fe["max_length_s"]
         self.frame_rate = self.time_steps * self.freq_steps / window_s if options.output == "frames" else 1 / window_s
+
+    def standalone_options(self) -> dict:
+        # truncation follows the model's enable_fusion, whatever the settings say
+        return {"config": config_fields(self.model.config),
+                "feature_extractor": {k: v for k, v in self.fe.items() if k != "truncation"}}
 
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
         if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:

@@ -19,14 +19,16 @@ import torch
 from torch import nn
 from transformers import ParakeetEncoder, ParakeetEncoderConfig, Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
 
-from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.encoders.hf_loading import build_hf_model, load_state_strict, preprocessor_config
+from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask, zero_padding
+from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings, load_state_strict
 from slmzoo_plugins.encoders.layers import LayerSelection
 from slmzoo_plugins.encoders.nemo_checkpoint import is_nemo_file, read_nemo_config, read_nemo_encoder_state
 from slmzoo_plugins.encoders.ssl import SSLEncoder, check_waveforms
 
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
 NORM_EPSILON = 1e-5  # ParakeetFeatureExtractor: EPSILON, added to the std
+# The ParakeetFeatureExtractor settings the log-mel front end follows (others in a preprocessor config are moot).
+FEATURE_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "win_length", "preemphasis")
 
 
 class ParakeetLogMel(nn.Module):
@@ -84,6 +86,8 @@ class FastConformerEncoder(Encoder):
                              "normalises its log-mel features per clip as its feature extractor does")
         if is_nemo_file(options.pretrained):  # a NeMo checkpoint (canary, parakeet): its config and weights
             fields, saved = read_nemo_config(options.pretrained)
+            if options.feature_extractor is not None:
+                saved = feature_settings(None, options.feature_extractor, FEATURE_KEYS)
             self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig,
                                         config={**fields, **(options.config or {})}, context=context)
             if not getattr(context, "from_config", False):
@@ -92,13 +96,13 @@ class FastConformerEncoder(Encoder):
         else:
             self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig, pretrained=options.pretrained,
                                         config=options.config, context=context, sub_config="encoder_config")
-            saved = preprocessor_config(options.pretrained, context)
+            saved = feature_settings(options.pretrained, options.feature_extractor, FEATURE_KEYS, context)
         config = self.model.config
-        settings = {"feature_size": config.num_mel_bins, **saved}
+        settings = {"feature_size": config.num_mel_bins, **{k: v for k, v in saved.items() if k in FEATURE_KEYS}}
         if settings.get("sampling_rate", 16000) != 16000 or settings["feature_size"] != config.num_mel_bins:
             raise ValueError(f"{self.name}: feature extractor settings {settings} do not fit the encoder "
                              f"(16 kHz, {config.num_mel_bins} mel bins)")
-        self.features = ParakeetLogMel(**settings)
+        self.features, self.feature_settings = ParakeetLogMel(**settings), settings
         self.num_layers = config.num_hidden_layers
         self.selection = LayerSelection(options.layer, self.num_layers)
         self.stacks_layers = self.selection.stacks_layers
@@ -106,6 +110,9 @@ class FastConformerEncoder(Encoder):
         self.frame_rate = self.sampling_rate / self.features.hop_length / config.subsampling_factor
         # The per-feature std divides by (frames - 1): a clip needs two feature frames.
         self.min_samples = 2 * self.features.hop_length + self.features.n_fft - self.features.n_fft // 2 * 2
+
+    def standalone_options(self) -> dict:
+        return {"config": config_fields(self.model.config), "feature_extractor": dict(self.feature_settings)}
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """``audio [B, S]`` zero-padded 16 kHz, ``lengths [B]`` samples -> ``[B, T, C]`` (or ``[B, L+1, T, C]``)."""
@@ -142,6 +149,9 @@ class Wav2Vec2ConformerEncoder(SSLEncoder):
     name, model_class, config_class = "conformer", Wav2Vec2ConformerModel, Wav2Vec2ConformerConfig
 
     def __init__(self, options, context=None):
+        if options.feature_extractor is not None:
+            raise ValueError(f"{self.name}: feature_extractor applies to variant fastconformer only; "
+                             "wav2vec2_conformer reads the waveform (see normalize)")
         super().__init__(options, context)
         for layer in self.model.encoder.layers:
             layer.conv_module.depthwise_conv.__class__ = MaskedDepthwiseConv1d  # same weights, masked input

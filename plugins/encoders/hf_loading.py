@@ -121,6 +121,18 @@ def preprocessor_config(pretrained: str | None, context=None) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def feature_settings(pretrained: str | None, given: dict | None, known, context=None) -> dict[str, Any]:
+    """Feature extractor settings: the card's ``feature_extractor`` when given (unknown keys are an error: a
+    typo would silently change nothing), else the checkpoint's ``preprocessor_config.json``; only ``known`` keys."""
+    if given is not None:
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"encoder.feature_extractor: unknown setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(known)}")
+        return dict(given)
+    return {k: v for k, v in preprocessor_config(pretrained, context).items() if k in known}
+
+
 def checkpoint_tensors(pretrained: str, keep: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:
     """The tensors of a transformers checkpoint (folder or hub id; sharded or not; safetensors or .bin) whose
     key ``keep`` accepts. Safetensors are read key by key, so skipped parts (a decoder) never leave the disk."""

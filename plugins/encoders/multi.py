@@ -79,7 +79,7 @@ class MultiEncoder(Encoder):
                 raise ValueError(f"encoder.encoders[{i}].layer: 'all' (stacked layers) cannot be concatenated with "
                                  "other encoders; use 'last', an index or 'weighted'")
             encoders.append(instantiate(spec, sub_options, context, f"encoder.encoders[{i}]"))
-        self.encoders = nn.ModuleList(encoders)
+        self.encoders, self.blocks = nn.ModuleList(encoders), [dict(block) for block in options.encoders]
         rates = [e.frame_rate for e in encoders]
         pick = {"first": 0, "max": max(range(len(rates)), key=rates.__getitem__),
                 "min": min(range(len(rates)), key=rates.__getitem__)}[options.align]
@@ -88,6 +88,19 @@ class MultiEncoder(Encoder):
         self.sampling_rate = encoders[0].sampling_rate
         self.output_dim = sum(e.output_dim for e in encoders)
         self.stacks_layers = False
+
+    def standalone_options(self) -> dict | None:
+        """Each sub-encoder block with its own standalone options in place of its ``pretrained`` source."""
+        blocks = []
+        for block, encoder in zip(self.blocks, self.encoders):
+            block = dict(block)
+            if block.get("pretrained"):
+                standalone = encoder.standalone_options()
+                if standalone is None:
+                    return None
+                block.update(standalone, pretrained=None)
+            blocks.append(block)
+        return {"encoders": blocks}
 
     def _input_for(self, encoder: Encoder, audio: torch.Tensor, lengths: torch.Tensor):
         """The batch at ``encoder.sampling_rate``: resampled clip by clip when it differs."""

@@ -61,6 +61,11 @@ class ConformerOptions(SSLOptions):
         None, description="Hub id or local folder (transformers format), or for fastconformer a NeMo .nemo file "
         "(canary, parakeet): its encoder config, preprocessor settings and encoder weights.",
     )
+    feature_extractor: dict[str, Any] | None = Field(
+        None, description="fastconformer: ParakeetFeatureExtractor settings (feature_size, hop_length, n_fft, "
+        "win_length, preemphasis, sampling_rate); default: the checkpoint's preprocessor_config.json or the .nemo "
+        "preprocessor section.",
+    )
 
 
 class BEATsOptions(EncoderOptions):
@@ -82,6 +87,9 @@ class ASTOptions(EncoderOptions):
     config: dict[str, Any] | None = Field(
         None, description="Inline ASTConfig fields for random weights (used with --meta too); with pretrained, "
         "overrides.")
+    feature_extractor: dict[str, Any] | None = Field(
+        None, description="ASTFeatureExtractor settings (num_mel_bins, max_length, mean, std, do_normalize); "
+        "default: the checkpoint's preprocessor_config.json.")
     output: Literal["patches", "frames", "pooled"] = Field(
         "patches", description="patches: every patch token, time-major [B, t*f, C]; frames: patches averaged over "
         "frequency [B, t, C]; pooled: the mean of the CLS and distillation tokens as one frame.",

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel
 
-from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask, zero_padding
+from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask, zero_padding
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, preprocessor_config
 from slmzoo_plugins.encoders.layers import LayerSelection
 
@@ -123,6 +123,9 @@ class SSLEncoder(Encoder):
         self.output_dim = config.hidden_size
         self.frame_rate = self.sampling_rate / math.prod(config.conv_stride)
         self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
+
+    def standalone_options(self) -> dict:
+        return {"config": config_fields(self.model.config), "normalize": self.normalize}
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Samples ``[B]`` -> frames ``[B]``, by the model's own formula."""
