@@ -227,8 +227,9 @@ def _torchrun(tmp_path, out, *args, fsdp: bool, max_steps: int = 4, resume: bool
         pytest.skip("needs the digits corpus and torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
     target = [str(REPO / "tests" / "fsdp_on_cpu.py")] if fsdp else ["-m", "slmzoo"]
-    if fsdp:
-        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    if fsdp:  # as `accelerate config` writes it: FSDP2, each LLM layer sharded on its own, the rest with the root
+        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
+                   FSDP_TRANSFORMER_CLS_TO_WRAP="Qwen3DecoderLayer")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(29500 + os.getpid() % 1000 + (7 if fsdp else 0)), *target, "train", "salm", "--preset", "tiny",
                "--train", str(DIGITS / "train.jsonl"), "--val", str(DIGITS / "dev.jsonl"), "--out", str(out),

@@ -201,8 +201,8 @@ def test_layer_two_equals_transformers_hidden_states_in_window_mode(fe):
 
 # -- bad input -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case, message", [
-    ("empty", "clip 1 is empty"),
-    ("short", "clip 1 has 100 samples"),
+    ("empty", r"clips \[1\] have \[0\] samples"),
+    ("short", r"clips \[1\] have \[100\] samples, fewer than the 201"),
     ("nan", r"NaN or inf samples in clip\(s\) \[1\]"),
     ("inf", r"NaN or inf samples in clip\(s\) \[1\]"),
     ("stereo", "mono"),

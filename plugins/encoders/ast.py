@@ -29,6 +29,7 @@ from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings
 from slmzoo_plugins.encoders.kaldi_fbank import fbank, num_frames
 from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 SAMPLING_RATE = 16000
 FRAMES_PER_SECOND = 100  # 10 ms fbank shift
@@ -71,17 +72,7 @@ class ASTEncoder(Encoder):
         return {"config": config_fields(self.model.config), "feature_extractor": dict(self.features_config)}
 
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
-        if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:
-            raise ValueError(f"ast encoder: expected audio [B, S] (mono) and lengths [B]; got {list(audio.shape)} and "
-                             f"{list(lengths.shape)}")
-        for b, n in enumerate(lengths.tolist()):
-            if n > audio.shape[1]:
-                raise ValueError(f"ast encoder: clip {b} has length {n} > audio width {audio.shape[1]}")
-            if n < 400:
-                raise ValueError(f"ast encoder: clip {b} has {n} samples; at least 400 (25 ms, one fbank frame) needed")
-        bad = (~torch.isfinite(audio) & lengths_to_mask(lengths, audio.shape[1])).any(dim=1)
-        if bad.any():
-            raise ValueError(f"ast encoder: NaN or inf samples in clip(s) {bad.nonzero().flatten().tolist()}")
+        check_waveforms(audio, lengths, 400, "ast encoder", unit="one 25 ms fbank frame")
 
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``audio [B, S]`` -> ``input_values [B, max_length, num_mel_bins]`` float32 and clip frames ``[B]``

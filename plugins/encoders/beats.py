@@ -33,6 +33,7 @@ from torch import nn
 from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_to_mask
 from slmzoo_plugins.encoders.kaldi_fbank import fbank, num_frames
 from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 SAMPLING_RATE = 16000
 FBANK_MEAN, FBANK_STD = 15.41663, 6.55582
@@ -334,18 +335,7 @@ class BEATsEncoder(Encoder):
         return {"config": dict(self.model.config)}  # the official BEATsConfig fields, complete
 
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
-        if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:
-            raise ValueError(f"beats encoder: expected audio [B, S] (mono) and lengths [B]; got "
-                             f"{list(audio.shape)} and {list(lengths.shape)}")
-        for b, n in enumerate(lengths.tolist()):
-            if n > audio.shape[1]:
-                raise ValueError(f"beats encoder: clip {b} has length {n} > audio width {audio.shape[1]}")
-            if n < self.min_samples:
-                raise ValueError(f"beats encoder: clip {b} has {n} samples; BEATs needs at least {self.min_samples} "
-                                 f"({self.min_samples / SAMPLING_RATE * 1000:.0f} ms) for one {self.patch}-frame patch")
-        bad = (~torch.isfinite(audio) & lengths_to_mask(lengths, audio.shape[1])).any(dim=1)
-        if bad.any():
-            raise ValueError(f"beats encoder: NaN or inf samples in clip(s) {bad.nonzero().flatten().tolist()}")
+        check_waveforms(audio, lengths, self.min_samples, "beats encoder", unit=f"one {self.patch}-frame patch")
 
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``audio [B, S]`` -> normalised fbank ``[B, F, 128]`` float32 and whole-frame counts ``[B]``.

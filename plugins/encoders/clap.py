@@ -30,6 +30,7 @@ import torch
 
 from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask
 from slmzoo_plugins.encoders.hf_loading import checkpoint_tensors, feature_settings, load_config, load_state_strict
+from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 # ClapFeatureExtractor's defaults.
 FEATURE_DEFAULTS = dict(feature_size=64, sampling_rate=48000, hop_length=480, max_length_s=10, fft_window_size=1024,
@@ -91,17 +92,7 @@ class ClapEncoder(Encoder):
                 "feature_extractor": {k: v for k, v in self.fe.items() if k != "truncation"}}
 
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
-        if audio.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != audio.shape[0]:
-            raise ValueError(f"clap encoder: expected audio [B, S] (mono, {self.sampling_rate} Hz) and lengths [B]; "
-                             f"got {list(audio.shape)} and {list(lengths.shape)}")
-        for b, n in enumerate(lengths.tolist()):
-            if n > audio.shape[1]:
-                raise ValueError(f"clap encoder: clip {b} has length {n} > audio width {audio.shape[1]}")
-            if n <= self.n_fft // 2:
-                raise ValueError(f"clap encoder: clip {b} has {n} samples; more than {self.n_fft // 2} are needed")
-        bad = (~torch.isfinite(audio) & lengths_to_mask(lengths, audio.shape[1])).any(dim=1)
-        if bad.any():
-            raise ValueError(f"clap encoder: NaN or inf samples in clip(s) {bad.nonzero().flatten().tolist()}")
+        check_waveforms(audio, lengths, self.n_fft // 2 + 1, "clap encoder", self.sampling_rate)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """``wave [S]`` -> ``[frames, n_mels]`` dB mel, ``frames = 1 + S // hop``."""

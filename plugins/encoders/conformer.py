@@ -23,7 +23,8 @@ from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings, load_state_strict
 from slmzoo_plugins.encoders.layers import LayerSelection
 from slmzoo_plugins.encoders.nemo_checkpoint import is_nemo_file, read_nemo_config, read_nemo_encoder_state
-from slmzoo_plugins.encoders.ssl import SSLEncoder, check_waveforms
+from slmzoo_plugins.encoders.ssl import SSLEncoder
+from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
 NORM_EPSILON = 1e-5  # ParakeetFeatureExtractor: EPSILON, added to the std

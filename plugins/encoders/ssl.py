@@ -28,30 +28,9 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Mode
 from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask, zero_padding
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, preprocessor_config
 from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 NORM_EPSILON = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
-
-
-def check_waveforms(audio: torch.Tensor, lengths: torch.Tensor, min_samples: int, name: str) -> torch.Tensor:
-    """Refuse what no encoder can encode, with the reason: ``audio [B, S]`` mono, finite, every clip long enough.
-
-    Returns ``lengths`` as int64 on the audio's device.
-    """
-    if audio.dim() != 2:
-        hint = " (stereo or multi-channel? mix down to mono first)" if audio.dim() == 3 else ""
-        raise ValueError(f"{name}: expected mono waveforms [B, S], got shape {list(audio.shape)}{hint}")
-    if lengths.shape != audio.shape[:1]:
-        raise ValueError(f"{name}: lengths {list(lengths.shape)} do not match a batch of {audio.shape[0]} clips")
-    lengths = lengths.to(device=audio.device, dtype=torch.long)
-    if (lengths > audio.shape[1]).any():
-        raise ValueError(f"{name}: lengths {lengths.tolist()} exceed the {audio.shape[1]} samples given")
-    if (lengths < min_samples).any():
-        short = [i for i, n in enumerate(lengths.tolist()) if n < min_samples]
-        raise ValueError(f"{name}: clips {short} have {[int(lengths[i]) for i in short]} samples, fewer than the "
-                         f"{min_samples} the encoder needs for one frame (empty or too short)")
-    if not torch.isfinite(audio).all():
-        raise ValueError(f"{name}: the audio contains NaN or inf samples")
-    return lengths
 
 
 def normalize_waveforms(audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_
 from slmzoo_plugins.encoders.features import HOP_LENGTH, N_FFT, SAMPLING_RATE, log_mel, mel_filters
 from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError, checkpoint_tensors, load_state_strict
 from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding of the centred STFT needs more than n_fft // 2 samples
 
@@ -94,28 +95,14 @@ class WhisperEncoder(Encoder):
 
     # -- input checks ------------------------------------------------------------------------------
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
-        if audio.dim() == 3:
-            raise ValueError(f"whisper encoder: audio must be mono [B, S]; got {list(audio.shape)} (multi-channel?): "
-                             "downmix to one channel first")
-        if audio.dim() != 2 or lengths.shape != audio.shape[:1]:
-            raise ValueError(f"whisper encoder: expected audio [B, S] and lengths [B]; got {list(audio.shape)} and "
-                             f"{list(lengths.shape)}")
-        for b, n in enumerate(lengths.tolist()):
-            if n <= 0:
-                raise ValueError(f"whisper encoder: clip {b} is empty (0 samples)")
-            if n < MIN_SAMPLES:
-                raise ValueError(f"whisper encoder: clip {b} has {n} samples; at least {MIN_SAMPLES} "
-                                 f"({MIN_SAMPLES / SAMPLING_RATE * 1000:.1f} ms) are needed for one frame")
-            if n > audio.shape[1]:
-                raise ValueError(f"whisper encoder: clip {b} has length {n} > audio width {audio.shape[1]}")
-            if not self.pad_to_window and n // HOP_LENGTH > 2 * self.max_frames:
-                raise ValueError(f"whisper encoder: clip {b} is {n / SAMPLING_RATE:.2f} s long; Whisper's encoder "
-                                 f"covers at most {self.window_samples / SAMPLING_RATE:.0f} s "
-                                 f"(max_source_positions={self.max_frames}): split the clip or use pad_to_window "
-                                 "(which cuts it)")
-        bad = (~torch.isfinite(audio) & lengths_to_mask(lengths, audio.shape[1])).any(dim=1)
-        if bad.any():
-            raise ValueError(f"whisper encoder: NaN or inf samples in clip(s) {bad.nonzero().flatten().tolist()}")
+        check_waveforms(audio, lengths, MIN_SAMPLES, "whisper encoder", SAMPLING_RATE)
+        if not self.pad_to_window and int(lengths.max()) // HOP_LENGTH > 2 * self.max_frames:
+            b = int(lengths.argmax())
+            raise ValueError(f"whisper encoder: clip {b} is {int(lengths[b]) / SAMPLING_RATE:.2f} s long; Whisper's "
+                             f"encoder covers at most {self.window_samples / SAMPLING_RATE:.0f} s "
+                             f"(max_source_positions={self.max_frames}): split the clip or use pad_to_window "
+                             "(which cuts it)")
+
 
     # -- features ----------------------------------------------------------------------------------
     def _filters(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ losses after ``--resume`` equal those of an uninterrupted run (bit for bit on CP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -50,6 +51,27 @@ def _enable_gradient_checkpointing(model) -> None:
             if module is not None and hasattr(module, method):
                 getattr(module, method)()
                 break
+
+
+@contextlib.contextmanager
+def _root_unsharded(model, sharded: bool):
+    """Under FSDP, the parameters of the root's own group (those in no wrapped submodule: encoder, adapter or
+    embeddings unless the wrap policy covers them) are gathered only inside the root's ``forward``; decoding
+    calls ``generate``, so gather them around it. Wrapped submodules gather themselves when called."""
+    if not sharded:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if isinstance(model, FSDPModule):  # FSDP2: fully_shard wrapped the model in place
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+    else:  # FSDP1: the model sits inside a FullyShardedDataParallel wrapper
+        with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
+            yield
 
 
 def validate(model, dataset: SpeechDataset, cuts: list, limit: int | None, batch_size: int = 32) -> dict:
@@ -199,7 +221,8 @@ def train(card, options: RunOptions) -> dict:
                 window = {"loss": 0.0, "n": 0, "audio": 0.0, "t": now}
             if val_cuts and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 if is_main or sharded:
-                    row = {"step": step, **validate(raw, val_set, val_cuts, options.val_limit)}
+                    with _root_unsharded(model, sharded):
+                        row = {"step": step, **validate(raw, val_set, val_cuts, options.val_limit)}
                     logger.log(row)  # the main process's logger alone writes
                     if is_main:
                         progress.note(f"step {step}: val_loss {row['val_loss']:.3f} val_wer {row['val_wer']:.3f}")
