@@ -1,9 +1,10 @@
-"""``avgpool``: Qwen2-Audio's adapter: average pooling over time, LayerNorm, Linear into the LLM width.
+"""``avgpool``: average pooling over time, LayerNorm, Linear into the LLM width, after any encoder.
 
-In Qwen2-Audio the ``AvgPool1d(2, stride=2)`` and the final ``layer_norm`` sit at the end of
-``Qwen2AudioEncoder`` (after its last transformer layer) and ``Qwen2AudioMultiModalProjector`` is one Linear;
-here the three form the adapter, so an encoder without them (``whisper``) feeds it directly. ``AvgPool1d``
-floors: an odd trailing frame is dropped (Qwen2-Audio's ``(n - 2) // 2 + 1 = n // 2`` output length);
+Qwen2-Audio's pooling and LayerNorm sit inside its audio tower, before the projection; the ``whisper``
+encoder does that itself (``pool: 2``, see the qwen2-audio card), since its final LayerNorm must follow the
+pooling. This adapter brings the same reduction to encoders that end normalised (any other encoder, or
+Whisper without ``pool``): pool, LayerNorm, Linear. ``AvgPool1d`` floors: an odd trailing frame is dropped
+(``(n - 2) // 2 + 1 = n // 2`` output frames, as Qwen2-Audio);
 ``keep_partial`` keeps it as the mean of the real frames of the last window instead. Pooling never averages a
 padded frame into a real one.
 """

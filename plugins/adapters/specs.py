@@ -43,10 +43,10 @@ class ConvOptions(ComponentOptions):
 
 
 class AvgPoolOptions(ComponentOptions):
-    """Qwen2-Audio: average pooling over time, LayerNorm, Linear into the LLM width."""
+    """Average pooling over time, LayerNorm, Linear into the LLM width (a Qwen2-Audio-style reduction)."""
 
     pool: int = Field(2, ge=1, description="Frames averaged into one (Qwen2-Audio: 2, from 50 to 25 per second).")
-    norm: bool = Field(True, description="LayerNorm after pooling (Qwen2-Audio's encoder layer_norm).")
+    norm: bool = Field(True, description="LayerNorm after pooling, before the Linear.")
     keep_partial: bool = Field(
         False, description="Keep a trailing window with fewer than `pool` real frames as their mean "
         "(ceil lengths); default drops it like AvgPool1d and Qwen2-Audio (floor lengths).")

@@ -34,6 +34,14 @@ class WhisperOptions(EncoderOptions):
     pad_to_window: bool = Field(
         False, description="Pad every clip to the 30 s window exactly as the original; default is variable length."
     )
+    window_attention_mask: bool = Field(
+        False, description="With pad_to_window: mask the padded positions out of attention (Qwen2-Audio's audio "
+        "tower); the original Whisper attends to them.",
+    )
+    pool: int = Field(
+        1, ge=1, description="Average-pool frames by this factor after the last layer, before the final LayerNorm "
+        "(Qwen-Audio and Qwen2-Audio: 2, 25 frames/s).",
+    )
 
 
 class SSLOptions(EncoderOptions):

@@ -10,7 +10,13 @@ Two modes:
   ``max - 8`` clamp is the same unless that last frame is the loudest (padded silence is far below any maximum).
 - ``pad_to_window``: bit-for-bit the original: every clip padded (or cut) to 30 s, features over the whole window,
   all 1500 positions through transformers' own ``WhisperEncoder.forward`` without a mask. Output lengths still
-  count only the clip's frames, so downstream drops the encoded silence.
+  count only the clip's frames, so downstream drops the encoded silence. With ``window_attention_mask`` the
+  padded positions are masked out of attention instead (Qwen2-Audio's audio tower).
+
+``pool: k`` average-pools the frames by ``k`` after the last layer and before the final LayerNorm, as
+Qwen-Audio's and Qwen2-Audio's audio towers do (``AvgPool1d(k)``: floor lengths, a pooled frame never mixes a
+clip's last frame with padding). The module layout stays transformers' ``WhisperEncoder``, so a Qwen2-Audio
+``audio_tower`` or a Whisper checkpoint loads into it as is.
 
 Weights are transformers' ``WhisperEncoder`` (``encoder.*`` here), loaded strictly from a WhisperModel,
 WhisperForConditionalGeneration or bare-encoder checkpoint.
@@ -82,8 +88,14 @@ class WhisperEncoder(Encoder):
                               "WhisperEncoder", WhisperLoadError)
         self.config = config
         self.pad_to_window = options.pad_to_window
+        if options.window_attention_mask and not options.pad_to_window:
+            raise ValueError("encoder.window_attention_mask: applies with pad_to_window: true (variable length "
+                             "always masks padding)")
+        self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
+        # One output frame: a mel frame (one conv frame) or, pooled, `pool` conv frames (2 * pool - 1 mel frames).
+        self.min_samples = max(MIN_SAMPLES, (2 * self.pool - 1) * HOP_LENGTH)
         self.output_dim = config.d_model
-        self.frame_rate = SAMPLING_RATE / HOP_LENGTH / 2  # 50.0: the second conv has stride 2
+        self.frame_rate = SAMPLING_RATE / HOP_LENGTH / 2 / self.pool  # 50.0 / pool: the second conv has stride 2
         self.num_layers = config.encoder_layers
         self.max_frames = config.max_source_positions  # 1500 output frames = 30 s
         self.window_samples = 2 * self.max_frames * HOP_LENGTH  # 480000 samples = 30 s
@@ -95,7 +107,7 @@ class WhisperEncoder(Encoder):
 
     # -- input checks ------------------------------------------------------------------------------
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
-        check_waveforms(audio, lengths, MIN_SAMPLES, "whisper encoder", SAMPLING_RATE)
+        check_waveforms(audio, lengths, self.min_samples, "whisper encoder", SAMPLING_RATE)
         if not self.pad_to_window and int(lengths.max()) // HOP_LENGTH > 2 * self.max_frames:
             b = int(lengths.argmax())
             raise ValueError(f"whisper encoder: clip {b} is {int(lengths[b]) / SAMPLING_RATE:.2f} s long; Whisper's "
@@ -123,7 +135,8 @@ class WhisperEncoder(Encoder):
             for b, n in enumerate(lengths.tolist()):  # padding is written here, whatever the caller padded with
                 n = min(n, self.window_samples)
                 window[b, :n] = audio[b, :n]
-            mel_lengths = lengths.clamp(max=self.window_samples) // HOP_LENGTH
+            # Frames whose centre lies in the clip: the feature extractor's attention mask (ceil, not floor).
+            mel_lengths = (lengths.clamp(max=self.window_samples) + HOP_LENGTH - 1) // HOP_LENGTH
             return log_mel(window, filters), mel_lengths
         mel_lengths = lengths // HOP_LENGTH
         mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(mel_lengths.max()), dtype=torch.float32)
@@ -143,10 +156,13 @@ class WhisperEncoder(Encoder):
         mels, mel_lengths = self.features(audio, lengths)
         mels = mels.to(self.encoder.conv1.weight.dtype)
         out_lengths = (mel_lengths - 1) // 2 + 1
-        if self.pad_to_window:
+        if self.pad_to_window and not self.window_attention_mask and self.pool == 1:
             states = self._forward_window(mels)
         else:
-            states = self._forward_variable(mels, mel_lengths, out_lengths)
+            # Variable length masks padded mel frames before the convolutions; a padded window does not.
+            states = self._forward_layers(mels, mel_lengths if not self.pad_to_window else None, out_lengths)
+        if self.pool > 1:
+            out_lengths = out_lengths // self.pool
         hidden = self.select(states)[..., : int(out_lengths.max()), :]
         mask = lengths_to_mask(out_lengths, hidden.shape[-2]).to(hidden.dtype)
         hidden = hidden * (mask[:, None, :, None] if hidden.dim() == 4 else mask[..., None])
@@ -158,14 +174,19 @@ class WhisperEncoder(Encoder):
             return [self.encoder(mels).last_hidden_state]
         return list(self.encoder(mels, output_hidden_states=True).hidden_states)
 
-    def _forward_variable(self, mels: torch.Tensor, mel_lengths: torch.Tensor,
-                          lengths: torch.Tensor) -> list[torch.Tensor]:
+    def _forward_layers(self, mels: torch.Tensor, mel_lengths: torch.Tensor | None,
+                        lengths: torch.Tensor) -> list[torch.Tensor]:
         """``mels [B, n_mels, F]`` -> ``num_layers + 1`` states ``[B, T, C]`` (or only the last), as
-        ``output_hidden_states`` orders them: conv + positions, after each layer, the last after the final norm."""
+        ``output_hidden_states`` orders them: conv + positions, after each layer, the last after the final norm
+        (and after pooling by ``pool``, which the other states get too). ``mel_lengths``: zero the padded mel
+        frames before each conv (variable length); ``lengths``: frames per clip, padded keys are masked."""
         enc = self.encoder
-        # Padded mel frames are zeroed before each conv so a clip's edge frames see the zeros they see alone.
-        mel_mask = lengths_to_mask(mel_lengths, mels.shape[-1]).to(mels.dtype)[:, None, :]
-        x = nn.functional.gelu(enc.conv1(mels * mel_mask)) * mel_mask
+        x = mels
+        if mel_lengths is not None:  # so a clip's edge frames see the zeros they see alone
+            mel_mask = lengths_to_mask(mel_lengths, mels.shape[-1]).to(mels.dtype)[:, None, :]
+            x = nn.functional.gelu(enc.conv1(mels * mel_mask)) * mel_mask
+        else:
+            x = nn.functional.gelu(enc.conv1(x))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, T, C]
         T = x.shape[1]
         if T > enc.embed_positions.num_embeddings:
@@ -184,9 +205,15 @@ class WhisperEncoder(Encoder):
                 hidden = layer(hidden, bias)
             if keep:
                 states.append(hidden)
-        hidden = enc.layer_norm(hidden)
+        hidden = enc.layer_norm(self._pool(hidden))
         if keep:
-            states[-1] = hidden
+            states = [self._pool(state) for state in states[:-1]] + [hidden]
         else:
             states.append(hidden)
         return states
+
+    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C]`` -> ``[B, T // pool, C]`` (AvgPool1d over time, floor)."""
+        if self.pool == 1:
+            return hidden
+        return nn.functional.avg_pool1d(hidden.transpose(1, 2), self.pool, self.pool).transpose(1, 2)
