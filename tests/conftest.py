@@ -91,3 +91,27 @@ class FrameEncoder(torch.nn.Module):
     def forward(self, audio, lengths):
         frames = audio[:, : audio.shape[1] // 160 * 160].unflatten(1, (-1, 160)).to(self.proj.weight.dtype)
         return EncoderOutput(self.proj(frames), lengths // 160)
+
+
+def register_test_component(name: str, kind: str = "adapter", aliases: tuple[str, ...] = (), plugin: str | None = None,
+                            **fields):
+    """Register an in-process plugin (``plugin``, default ``<name>_plugin``) with one component ``name`` whose
+    options are ``fields`` (``field=(type, default)``); it has no factory (the tests that use it never build it).
+    Returns the PluginInfo."""
+    import pydantic
+
+    import slmzoo
+    import slmzoo.plugins
+    from slmzoo.registry import ComponentOptions, ComponentSpec
+
+    options = pydantic.create_model(f"{name}_options", __base__=ComponentOptions, **fields)
+
+    class Plugin:
+        @staticmethod
+        @slmzoo.hookimpl
+        def slmzoo_register_components(register):
+            register(ComponentSpec(kind=kind, name=name, description="a test component", options=options,
+                                   factory="nowhere:Nothing", aliases=aliases))
+
+    return slmzoo.plugins.register_plugin(Plugin, plugin or f"{name}_plugin")
+

@@ -17,7 +17,7 @@ import slmzoo.plugins
 from slmzoo.card.errors import CardError
 from slmzoo.card.loader import load_card
 from slmzoo.cli.main import app
-from tests.conftest import BASE_CARD
+from tests.conftest import BASE_CARD, register_test_component
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -212,19 +212,7 @@ def test_not_a_mapping(tmp_path):
 
 def test_stale_options_of_a_replaced_type_do_not_leak_through_parent_presets(tmp_path, base):
     """A child that changes adapter.type must not inherit the parent's tiny preset for the old adapter."""
-    from slmzoo.registry import ComponentOptions, ComponentSpec
-
-    class PoolOptions(ComponentOptions):
-        window: int = 4
-
-    class Plugin:
-        @staticmethod
-        @slmzoo.hookimpl
-        def slmzoo_register_components(register):
-            register(ComponentSpec(kind="adapter", name="pool_test", description="test", options=PoolOptions,
-                                   factory="nowhere:Nothing"))
-
-    slmzoo.plugins.register_plugin(Plugin, "pool_test_plugin")
+    register_test_component("pool_test", window=(int, 4))
     card = write(tmp_path, "child.yaml", """
         name: child
         extends: base.yaml

@@ -19,8 +19,7 @@ from slmzoo.card.json_schema import card_json_schema
 from slmzoo.card.loader import load_card
 from slmzoo.cli.common import human
 from slmzoo.cli.main import app
-from slmzoo.registry import ComponentOptions, ComponentSpec
-from tests.conftest import BASE_CARD
+from tests.conftest import BASE_CARD, register_test_component
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -202,17 +201,7 @@ def test_list_cards_markdown(cards):
 
 
 def test_list_shows_an_in_process_plugin():
-    class Opts(ComponentOptions):
-        size: int = 1
-
-    class Plugin:
-        @staticmethod
-        @slmzoo.hookimpl
-        def slmzoo_register_components(register):
-            register(ComponentSpec(kind="adapter", name="cli_test_adapter", description="a test adapter",
-                                   options=Opts, factory="nowhere:Nothing", aliases=("cta",)))
-
-    slmzoo.plugins.register_plugin(Plugin, "cli_test_plugin")
+    register_test_component("cli_test_adapter", aliases=("cta",), plugin="cli_test_plugin", size=(int, 1))
     result = invoke("list", "adapters")
     assert "cli_test_adapter (cta)" in result.output and "cli_test_plugin" in result.output
 
@@ -314,17 +303,7 @@ def test_diff_a_child_card_and_a_replaced_block(tmp_path, cards):
     table = invoke("diff", "zoo_base", str(child))
     assert "encoder.layer" in table.output and "12" in table.output
 
-    class Opts(ComponentOptions):
-        scale: float = 1.0
-
-    class Plugin:
-        @staticmethod
-        @slmzoo.hookimpl
-        def slmzoo_register_components(register):
-            register(ComponentSpec(kind="adapter", name="zoo_linear", description="d", options=Opts,
-                                   factory="nowhere:Nothing"))
-
-    slmzoo.plugins.register_plugin(Plugin, "zoo_linear_plugin")
+    register_test_component("zoo_linear", scale=(float, 1.0))
     replaced = invoke("diff", "zoo_base", "zoo_base", "--set", "adapter.type=zoo_linear", "--json")
     assert replaced.exit_code == 0  # --set applies to both sides
     swapped = tmp_path / "swapped.yaml"
@@ -369,17 +348,7 @@ def _reject_unknown_options(schema: dict, section: str, block: dict) -> bool:
 
 
 def test_schema_rejects_an_unknown_option_and_includes_plugins():
-    class Opts(ComponentOptions):
-        window: int = 4
-
-    class Plugin:
-        @staticmethod
-        @slmzoo.hookimpl
-        def slmzoo_register_components(register):
-            register(ComponentSpec(kind="adapter", name="schema_pool", description="d", options=Opts,
-                                   factory="nowhere:Nothing"))
-
-    slmzoo.plugins.register_plugin(Plugin, "schema_test_plugin")
+    register_test_component("schema_pool", window=(int, 4))
     schema = json.loads(invoke("schema").stdout)
     assert "adapter:schema_pool" in schema["$defs"]
     assert "schema_pool" in schema["properties"]["adapter"]["properties"]["type"]["enum"]

@@ -24,6 +24,7 @@ import slmzoo.plugins
 from slmzoo.cli import plugins_cmd
 from slmzoo.cli.main import app
 from slmzoo.registry import ComponentOptions, ComponentSpec, DuplicateComponentError, Registry
+from tests.conftest import register_test_component
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -155,26 +156,12 @@ def test_misspelled_hook_is_caught_by_check_pending():
     assert "slmzoo_register_component" in info.error and "slmzoo_register_components" in info.error
     assert slmzoo.plugins.host().pm.get_plugin("typo") is None
     # the host is still healthy: a good plugin registered afterwards works
-    good = slmzoo.plugins.register_plugin(_adapter_plugin("after_typo"), "after")
+    good = register_test_component("after_typo")
     assert good.status == "ok"
 
 
-def _adapter_plugin(name: str, kind: str = "adapter", aliases: tuple[str, ...] = ()):
-    class Opts(ComponentOptions):
-        size: int = 1
-
-    class Plugin:
-        @staticmethod
-        @slmzoo.hookimpl
-        def slmzoo_register_components(register):
-            register(ComponentSpec(kind=kind, name=name, description="test", options=Opts,
-                                   factory="nowhere:Nothing", aliases=aliases))
-
-    return Plugin
-
-
 def test_duplicate_component_names_both_providers():
-    info = slmzoo.plugins.register_plugin(_adapter_plugin("whisper", kind="encoder"), "dup_plugin")
+    info = register_test_component("whisper", kind="encoder", plugin="dup_plugin")
     assert info.status == "broken"
     assert "'encoders'" in info.error and "'dup_plugin'" in info.error and "registered twice" in info.error
     spec = slmzoo.plugins.registry().get("encoder", "whisper")
@@ -208,7 +195,7 @@ def test_a_hook_that_raises_leaves_nothing_behind():
 
 
 def test_unregister_removes_everything():
-    slmzoo.plugins.register_plugin(_adapter_plugin("temp_adapter"), "temp")
+    register_test_component("temp_adapter", plugin="temp")
     assert slmzoo.plugins.registry().get("adapter", "temp_adapter") is not None
     slmzoo.plugins.host().unregister("temp")
     assert slmzoo.plugins.registry().get("adapter", "temp_adapter") is None
