@@ -203,6 +203,39 @@ def test_window_qformer_overlapping_windows():
     torch.testing.assert_close(out.embeds[:, 3:], adapter.linear(last))
 
 
+def test_window_qformer_zeros_is_granite_speech_projector():
+    """last_window: zeros is transformers' GraniteSpeechEncoderProjector (same parameter names), clip by clip in a
+    padded batch: the last window zero-padded and attended to, window // num_queries the downsample rate."""
+    from transformers import GraniteSpeechConfig
+    from transformers.models.granite_speech.modeling_granite_speech import GraniteSpeechEncoderProjector
+
+    options = TINY["window_qformer"].model_copy(update={"window": 6, "num_queries": 2, "last_window": "zeros"})
+    adapter = build("window_qformer", options).double().eval()
+    reference = GraniteSpeechEncoderProjector(GraniteSpeechConfig(
+        projector_config=adapter.qformer.config.to_dict(), text_config={"model_type": "granite", "hidden_size": D},
+        window_size=6, downsample_rate=3)).double().eval()
+    reference.load_state_dict(adapter.state_dict(), strict=True)
+    hidden, lengths = frames("window_qformer", LENGTHS), torch.tensor(LENGTHS)  # garbage in the padding
+    out = adapter(hidden, lengths)
+    assert out.lengths.tolist() == [8, 4]  # ceil(23 / 6) and ceil(11 / 6) windows, 2 queries each
+    for i, n in enumerate(LENGTHS):
+        expected = reference(clip(hidden, i, n))[0]
+        torch.testing.assert_close(out.embeds[i, : len(expected)], expected)
+        assert (out.embeds[i, len(expected):] == 0).all()
+    # the default masks the missing frames instead: the partial window's queries then differ
+    masked = build("window_qformer", options.model_copy(update={"last_window": "mask"})).double().eval()
+    masked.load_state_dict(adapter.state_dict())
+    alone = masked(clip(hidden, 1, 11), lengths[1:]).embeds[0]
+    torch.testing.assert_close(alone[:2], out.embeds[1, :2])  # a whole window: the same
+    assert not torch.allclose(alone[2:], out.embeds[1, 2:4])  # [6, 11) partial: masked vs zeros
+
+
+def test_query_init_std():
+    assert build("window_qformer").query.std() < 0.1  # BLIP-2's 0.02 by default
+    options = TINY["window_qformer"].model_copy(update={"query_init_std": 1.0, "num_queries": 64})
+    assert 0.7 < build("window_qformer", options).query.std() < 1.3  # Granite Speech's N(0, 1)
+
+
 # -- conformer ------------------------------------------------------------------------------------------------------
 def test_conformer_adapter_uses_parakeet_blocks():
     from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderBlock

@@ -71,3 +71,27 @@ def test_rejects_stacked_layers_and_odd_swiglu():
         StackAdapter(StackOptions(k=2), context)
     with pytest.raises(ValueError, match="even"):
         build(k=2, activation="swiglu", hidden_dim=33)
+
+
+def test_bias_false_is_voxtral_projector():
+    """k=4, GELU, no biases: transformers' VoxtralMultiModalProjector on the tower output reshaped to 4 frames."""
+    from transformers import VoxtralConfig
+    from transformers.models.voxtral.modeling_voxtral import VoxtralMultiModalProjector
+
+    adapter = build(k=4, bias=False)
+    assert adapter.linear_1.bias is None and adapter.linear_2.bias is None
+    config = VoxtralConfig(audio_config={"hidden_size": 12, "intermediate_size": 48},
+                           text_config={"model_type": "llama", "hidden_size": 64}, projector_hidden_act="gelu")
+    projector = VoxtralMultiModalProjector(config).eval()
+    projector.load_state_dict({k: v for k, v in adapter.state_dict().items() if k.startswith("linear_")}, strict=True)
+    hidden = torch.randn(2, 12, 12)  # as Voxtral's tower hands over 1500-frame chunks: a multiple of k
+    with torch.no_grad():
+        expected = projector(hidden.reshape(-1, 48)).reshape(2, 3, 64)
+        out = adapter(hidden, torch.tensor([12, 12]))
+    assert out.lengths.tolist() == [3, 3]
+    assert torch.allclose(out.embeds, expected, atol=1e-6)
+
+
+def test_bias_is_on_by_default():
+    adapter = build(k=2)
+    assert adapter.linear_1.bias is not None and adapter.linear_2.bias is not None

@@ -112,6 +112,91 @@ def test_pad_to_window_equals_transformers(checkpoint, fe):
         assert (out.hidden[b, n:] == 0).all()
 
 
+# -- 30 s windows: window_output, long_clips (Voxtral) -------------------------------------------------------------
+WINDOW = 480000  # 30 s at 16 kHz
+
+
+def voxtral_features(fe: WhisperFeatureExtractor, wave: torch.Tensor) -> torch.Tensor:
+    """``wave [S]`` -> ``[n, n_mels, 3000]``: VoxtralProcessor's features (pad to a multiple of 30 s, log-mel over
+    all of it, chunks of 3000 mel frames)."""
+    mels = fe(wave.numpy(), sampling_rate=16000, padding=True, truncation=False, pad_to_multiple_of=WINDOW,
+              return_tensors="pt").input_features
+    return mels.reshape(mels.shape[1], -1, 3000).transpose(0, 1)
+
+
+def test_split_features_equal_feature_extractor_padded_to_a_multiple_of_30_s(fe):
+    waves = clips(1.3, 45.0) + [torch.randn(WINDOW) * 0.1, torch.randn(WINDOW + 1) * 0.1]
+    waves[1][20 * 16000 : 21 * 16000] *= 4  # loudest in the first window: one max - 8 clamp over both windows
+    enc = build(pad_to_window=True, long_clips="split")
+    mels, mel_lengths = enc.features(*batch(waves))
+    assert enc.windows(torch.tensor([len(w) for w in waves])).tolist() == [1, 2, 1, 2]
+    assert mels.shape == (4, 80, 6000)
+    assert mel_lengths.tolist() == [-(-len(w) // 160) for w in waves]
+    for b, w in enumerate(waves):
+        ref = voxtral_features(fe, w)
+        n = ref.shape[0]
+        ours = mels[b, :, : n * 3000].reshape(80, n, 3000).transpose(0, 1)
+        assert (ours - ref).abs().max() < 1e-5
+        assert (mels[b, :, n * 3000 :] == 0).all()
+    # Why the whole clip at once: 30 s windows featurised apart differ (clamp, and STFT frames at the edge).
+    apart = build(pad_to_window=True).features(*batch([waves[1][:WINDOW], waves[1][WINDOW:]]))[0]
+    assert (mels[1].reshape(80, 2, 3000).transpose(0, 1) - apart).abs().max() > 1e-2
+
+
+def test_window_output_split_equals_transformers_on_each_window(checkpoint, fe):
+    folder, reference = checkpoint
+    enc = build(pretrained=str(folder), config=None, pad_to_window=True, window_output="window", long_clips="split")
+    waves = clips(1.3, 45.0)
+    with torch.no_grad():
+        out = enc(*batch(waves))
+        refs = [reference(voxtral_features(fe, w)).last_hidden_state for w in waves]  # [n, 1500, C] per clip
+    assert out.lengths.tolist() == [1500, 3000]  # every frame of every window, encoded silence included
+    assert out.hidden.shape == (2, 3000, 16)
+    for b, ref in enumerate(refs):
+        n = int(out.lengths[b])
+        assert (out.hidden[b, :n] - ref.reshape(n, 16)).abs().max() < 1e-5
+        assert (out.hidden[b, n:] == 0).all()
+
+
+def test_clip_output_split_keeps_the_clips_frames_of_each_window(checkpoint):
+    folder, _ = checkpoint
+    waves = clips(1.3, 45.0)
+    audio, lengths = batch(waves)
+    with torch.no_grad():
+        window = build(pretrained=str(folder), config=None, pad_to_window=True, window_output="window",
+                       long_clips="split")(audio, lengths)
+        clip = build(pretrained=str(folder), config=None, pad_to_window=True, long_clips="split")(audio, lengths)
+        stacked = build(pretrained=str(folder), config=None, pad_to_window=True, long_clips="split",
+                        layer="all")(audio, lengths)
+    assert clip.lengths.tolist() == [65, 1500 + 750]
+    for b, n in enumerate(clip.lengths.tolist()):
+        assert torch.equal(clip.hidden[b, :n], window.hidden[b, :n])
+    assert stacked.hidden.shape == (2, 3, 2250, 16)  # layer: all joins the windows of every layer
+    assert torch.allclose(stacked.hidden[:, -1], clip.hidden, atol=1e-6)
+    assert (stacked.hidden[0, :, 65:] == 0).all()
+
+
+def test_window_output_with_pool_and_mask_counts_pooled_window_frames():
+    enc = build(pad_to_window=True, window_attention_mask=True, pool=2, window_output="window", long_clips="split")
+    with torch.no_grad():
+        out = enc(*batch(clips(1.0, 31.0)))
+    assert out.lengths.tolist() == [750, 1500]
+    assert torch.isfinite(out.hidden).all()
+
+
+def test_default_cuts_at_30_s():
+    enc = build(pad_to_window=True)
+    out = enc(*batch(clips(1.0, 45.0)))
+    assert out.lengths.tolist() == [50, 1500]
+
+
+@pytest.mark.parametrize("option", [dict(window_output="window"), dict(long_clips="split")])
+def test_window_options_need_pad_to_window(option):
+    key = next(iter(option))
+    with pytest.raises(ValueError, match=f"encoder.{key}: .* applies with pad_to_window: true"):
+        build(**option)
+
+
 def test_loads_whisper_model_and_bare_encoder(checkpoint, tmp_path):
     folder, reference = checkpoint
     WhisperModel(WhisperConfig(**TINY)).save_pretrained(tmp_path / "model")
@@ -206,7 +291,7 @@ def test_layer_two_equals_transformers_hidden_states_in_window_mode(fe):
     ("nan", r"NaN or inf samples in clip\(s\) \[1\]"),
     ("inf", r"NaN or inf samples in clip\(s\) \[1\]"),
     ("stereo", "mono"),
-    ("long", "clip 1 is 31.00 s long"),
+    ("long", "clip 1 is 31.00 s long.*long_clips: split"),
 ])
 def test_bad_input(case, message):
     enc = build()

@@ -37,7 +37,8 @@ class QFormerAdapter(Adapter):
         require_frames(self.name, context)
         self.num_queries = options.num_queries
         self.input_norm = nn.LayerNorm(context.encoder_dim) if options.input_norm else nn.Identity()
-        self.query = nn.Parameter(torch.empty(1, options.num_queries, options.hidden_size).normal_(std=0.02))
+        self.query = nn.Parameter(torch.empty(1, options.num_queries, options.hidden_size)
+                                  .normal_(std=options.query_init_std))
         self.qformer = build_qformer(options, context.encoder_dim)
         self.linear = nn.Linear(options.hidden_size, context.llm_dim)
         self.output_dim = context.llm_dim

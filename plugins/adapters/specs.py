@@ -11,12 +11,13 @@ from slmzoo.registry import ComponentOptions, ComponentSpec
 
 
 class StackOptions(ComponentOptions):
-    """Stack k consecutive frames, then an MLP into the LLM width (Ultravox, SLAM-ASR)."""
+    """Stack k consecutive frames, then an MLP into the LLM width (Ultravox, SLAM-ASR, Voxtral)."""
 
     k: int = Field(8, ge=1, description="Frames stacked into one embedding (divides the frame rate by k).")
     hidden_dim: int | None = Field(None, ge=1, description="MLP hidden width; default: the LLM width.")
     activation: Literal["gelu", "relu", "silu", "swiglu"] = Field("gelu", description="MLP activation.")
     norm: Literal["none", "layernorm", "rmsnorm"] = Field("none", description="Normalisation of the stacked frames.")
+    bias: bool = Field(True, description="Biases in both Linear layers; false for Voxtral's projector.")
 
 
 class LinearOptions(ComponentOptions):
@@ -64,6 +65,8 @@ class QFormerOptions(ComponentOptions):
         1, ge=1, description="Cross-attention in every n-th layer (SALMONN 1, BLIP-2 2).")
     dropout: float = Field(0.1, ge=0, le=1, description="Hidden and attention dropout.")
     input_norm: bool = Field(False, description="LayerNorm on the encoder frames first (SALMONN's ln_speech).")
+    query_init_std: float = Field(
+        0.02, gt=0, description="Std of the learned queries' normal init (BLIP-2 0.02; Granite Speech 1.0).")
 
 
 class WindowQFormerOptions(QFormerOptions):
@@ -72,6 +75,9 @@ class WindowQFormerOptions(QFormerOptions):
     num_queries: int = Field(1, ge=1, description="Learned queries per window: embeddings per window.")
     window: int = Field(17, ge=1, description="Frames per window (SALMONN: 17 of 50 Hz = 0.33 s).")
     stride: int | None = Field(None, ge=1, description="Frames between window starts; default: the window.")
+    last_window: Literal["mask", "zeros"] = Field(
+        "mask", description="A clip's last, partial window: 'mask' hides its missing frames from the cross-attention; "
+        "'zeros' fills them with zero frames the queries attend to, as Granite Speech's projector does.")
 
 
 class ConformerAdapterOptions(ComponentOptions):

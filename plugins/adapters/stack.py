@@ -1,6 +1,8 @@
 """``stack``: stack k consecutive encoder frames into one, then an MLP into the LLM width.
 
-Ultravox's projector (stack, RMSNorm, Linear, SwiGLU, Linear) and SLAM-ASR's (stack, Linear, ReLU, Linear).
+Ultravox's projector (stack, RMSNorm, Linear, SwiGLU, Linear), SLAM-ASR's (stack, Linear, ReLU, Linear) and
+Voxtral's (k=4, Linear, GELU, Linear, no biases: ``bias: false``). Frames are stacked in time order, each frame's
+channels together (``[f0 | f1 | ... | f(k-1)]``): the ``reshape(-1, k * C)`` Voxtral applies to its tower output.
 Padded frames are zeroed before stacking, so the last real group of a clip holds exact zeros past the clip end,
 as it does when the clip is alone: a clip's embeddings never depend on its batch.
 """
@@ -40,9 +42,10 @@ class StackAdapter(Adapter):
                              f"{hidden_dim})")
         norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
         self.norm = norms[options.norm](stacked_dim) if options.norm in norms else nn.Identity()
-        self.linear_1 = nn.Linear(stacked_dim, hidden_dim)
+        self.linear_1 = nn.Linear(stacked_dim, hidden_dim, bias=options.bias)
         self.act = ACTIVATIONS[options.activation]()
-        self.linear_2 = nn.Linear(hidden_dim // 2 if options.activation == "swiglu" else hidden_dim, context.llm_dim)
+        self.linear_2 = nn.Linear(hidden_dim // 2 if options.activation == "swiglu" else hidden_dim, context.llm_dim,
+                                  bias=options.bias)
         self.output_dim = context.llm_dim
 
     def output_frame_rate(self, input_frame_rate: float) -> float:

@@ -4,10 +4,17 @@ SALMONN: windows of 17 frames of 50 Hz (~0.33 s), stride 17, one query per windo
 cross-attends in every layer. Granite Speech: windows of 15 frames, 3 queries each (downsampling by 5).
 
 Windows start every ``stride`` frames and each is processed independently by transformers'
-``Blip2QFormerModel`` with the same learned queries. A clip of ``n`` frames has ``ceil(n / stride)`` windows;
-padded frames in its last, partial window are masked out of the cross-attention (SALMONN and Granite let the
-queries see the zero padding), and windows wholly in the padding are never computed, so a clip gives the same
-embeddings alone or in any batch.
+``Blip2QFormerModel`` with the same learned queries. A clip of ``n`` frames has ``ceil(n / stride)`` windows.
+The frames missing from its last, partial window are, by ``last_window``:
+
+- ``mask`` (default): masked out of the cross-attention, so the queries see only the clip.
+- ``zeros``: zero frames the queries attend to, as Granite Speech's ``GraniteSpeechEncoderProjector`` pads
+  (``nn.functional.pad`` to whole windows, no encoder attention mask). With ``window: 15``, ``num_queries: 3``,
+  ``query_init_std: 1.0`` and no ``input_norm`` this adapter is that projector (``query``, ``qformer``, ``linear``
+  under the same names).
+
+Either way a clip's windows hold only its own frames (batch padding is zeroed, or masked), and windows wholly in
+the padding are never computed, so a clip gives the same embeddings alone or in any batch.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class WindowQFormerAdapter(QFormerAdapter):
     def __init__(self, options, context):
         super().__init__(options, context)
         self.window, self.stride = options.window, options.stride or options.window
+        self.mask_last_window = options.last_window == "mask"
 
     def output_frame_rate(self, input_frame_rate: float) -> float:
         return input_frame_rate / self.stride * self.num_queries
@@ -41,15 +49,18 @@ class WindowQFormerAdapter(QFormerAdapter):
         max_windows = -(-frames // self.stride)
         # Pad so that every window start < T has a full window: [B, (W - 1) * stride + window, C]
         pad = (max_windows - 1) * self.stride + self.window - frames
-        hidden = nn.functional.pad(self.input_norm(zero_padding(hidden, lengths)), (0, 0, 0, pad))
-        frame_mask = lengths_to_mask(lengths, frames + pad)
+        # Zeros after the norm: in "zeros" mode the queries attend to the padding, which must be exact zeros.
+        hidden = zero_padding(self.input_norm(zero_padding(hidden, lengths)), lengths)
+        hidden = nn.functional.pad(hidden, (0, 0, 0, pad))
         windows = hidden.unfold(1, self.window, self.stride).transpose(2, 3)  # [B, W, window, C]
-        window_masks = frame_mask.unfold(1, self.window, self.stride)  # [B, W, window]
         valid = lengths_to_mask(num_windows, max_windows)  # [B, W]: windows with at least one real frame
-        windows, window_masks = windows[valid], window_masks[valid]  # [N, window, C], [N, window]
+        windows = windows[valid]  # [N, window, C]
+        window_masks = None  # "zeros": every frame of a window is attended to, as Granite's projector does
+        if self.mask_last_window:
+            frame_mask = lengths_to_mask(lengths, frames + pad)
+            window_masks = frame_mask.unfold(1, self.window, self.stride)[valid].long()  # [N, window]
         queries = self.query.expand(windows.shape[0], -1, -1).to(windows.dtype)
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=windows,
-                           encoder_attention_mask=window_masks.long())
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=windows, encoder_attention_mask=window_masks)
         projected = self.linear(out.last_hidden_state.to(self.linear.weight.dtype))  # [N, Q, D]
         embeds = projected.new_zeros(batch, max_windows, self.num_queries, projected.shape[-1])
         embeds[valid] = projected

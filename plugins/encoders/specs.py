@@ -42,6 +42,16 @@ class WhisperOptions(EncoderOptions):
         1, ge=1, description="Average-pool frames by this factor after the last layer, before the final LayerNorm "
         "(Qwen-Audio and Qwen2-Audio: 2, 25 frames/s).",
     )
+    window_output: Literal["clip", "window"] = Field(
+        "clip", description="With pad_to_window: 'clip' outputs the frames of the clip's own samples (downstream "
+        "drops the encoded silence); 'window' outputs every frame of every 30 s window, encoded silence included "
+        "(1500 per window, 1500 / pool pooled), as Voxtral's audio tower feeds its projector.",
+    )
+    long_clips: Literal["cut", "split"] = Field(
+        "cut", description="With pad_to_window, clips longer than 30 s: 'cut' keeps the first 30 s (Whisper, "
+        "Qwen2-Audio); 'split' pads the clip to a multiple of 30 s, computes the log-mel over all of it and encodes "
+        "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower).",
+    )
 
 
 class SSLOptions(EncoderOptions):
@@ -166,6 +176,20 @@ class MultiOptions(ComponentOptions):
         return self
 
 
+class GraniteCTCOptions(EncoderOptions):
+    """Granite Speech's CTC Conformer (transformers' GraniteSpeechCTCEncoder) on stacked log-mels, 50 frames/s."""
+
+    pretrained: str | None = Field(
+        None, description="Hub id or local folder of a Granite Speech checkpoint (GraniteSpeechForConditionalGeneration:"
+        " its encoder_config and encoder weights only) or of a bare GraniteSpeechCTCEncoder (transformers format).")
+    config: dict[str, Any] | None = Field(
+        None, description="Inline GraniteSpeechEncoderConfig fields (input_dim, hidden_dim, num_layers, num_heads, "
+        "context_size, ...) for random weights (used with --meta too); with pretrained, overrides.")
+    feature_extractor: dict[str, Any] | None = Field(
+        None, description="GraniteSpeechFeatureExtractor settings (sampling_rate, n_fft, win_length, hop_length, "
+        "n_mels); default: the checkpoint's preprocessor_config.json, else 16 kHz, 512, 400, 160, input_dim / 2.")
+
+
 @hookimpl
 def slmzoo_register_components(register):
     for name, title, factory in (("hubert", "HuBERT", "HubertEncoder"), ("wavlm", "WavLM", "WavLMEncoder"),
@@ -198,4 +222,9 @@ def slmzoo_register_components(register):
     register(ComponentSpec(
         kind="encoder", name="multi", options=MultiOptions, factory="slmzoo_plugins.encoders.multi:MultiEncoder",
         description="Several encoders side by side (SALMONN: Whisper + BEATs), aligned in time and concatenated.",
+    ))
+    register(ComponentSpec(
+        kind="encoder", name="granite_ctc", options=GraniteCTCOptions,
+        factory="slmzoo_plugins.encoders.granite_ctc:GraniteCTCEncoder",
+        description="Granite Speech's CTC Conformer (block attention, stacked log-mels), 50 frames/s.",
     ))

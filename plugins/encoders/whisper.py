@@ -13,6 +13,15 @@ Two modes:
   count only the clip's frames, so downstream drops the encoded silence. With ``window_attention_mask`` the
   padded positions are masked out of attention instead (Qwen2-Audio's audio tower).
 
+  Two options shape what a padded window gives (Voxtral sets both to the second value):
+
+  - ``window_output``: ``clip`` (default) outputs the clip's frames only; ``window`` outputs all 1500 frames of
+    every window, encoded silence included, as Voxtral's tower hands them to its projector.
+  - ``long_clips``: ``cut`` (default) keeps a clip's first 30 s; ``split`` pads the clip to the next multiple of
+    30 s, computes the log-mel over all of it (one ``max - 8`` clamp for the whole clip, STFT frames at a window
+    edge see the next window's samples) and cuts it into 3000-frame windows, each encoded on its own, their frames
+    concatenated in time: Voxtral's processor (``pad_to_multiple_of=480000``, then chunks of 3000 mel frames).
+
 ``pool: k`` average-pools the frames by ``k`` after the last layer and before the final LayerNorm, as
 Qwen-Audio's and Qwen2-Audio's audio towers do (``AvgPool1d(k)``: floor lengths, a pooled frame never mixes a
 clip's last frame with padding). The module layout stays transformers' ``WhisperEncoder``, so a Qwen2-Audio
@@ -91,7 +100,14 @@ class WhisperEncoder(Encoder):
         if options.window_attention_mask and not options.pad_to_window:
             raise ValueError("encoder.window_attention_mask: applies with pad_to_window: true (variable length "
                              "always masks padding)")
+        for key, value, default in (("window_output", options.window_output, "clip"),
+                                    ("long_clips", options.long_clips, "cut")):
+            if value != default and not options.pad_to_window:
+                raise ValueError(f"encoder.{key}: {value!r} applies with pad_to_window: true (add encoder."
+                                 f"pad_to_window: true, or remove encoder.{key}: variable length outputs the clip's "
+                                 "own frames, up to 30 s)")
         self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
+        self.window_output, self.long_clips = options.window_output, options.long_clips
         # One output frame: a mel frame (one conv frame) or, pooled, `pool` conv frames (2 * pool - 1 mel frames).
         self.min_samples = max(MIN_SAMPLES, (2 * self.pool - 1) * HOP_LENGTH)
         self.output_dim = config.d_model
@@ -112,9 +128,16 @@ class WhisperEncoder(Encoder):
             b = int(lengths.argmax())
             raise ValueError(f"whisper encoder: clip {b} is {int(lengths[b]) / SAMPLING_RATE:.2f} s long; Whisper's "
                              f"encoder covers at most {self.window_samples / SAMPLING_RATE:.0f} s "
-                             f"(max_source_positions={self.max_frames}): split the clip or use pad_to_window "
-                             "(which cuts it)")
+                             f"(max_source_positions={self.max_frames}): split the clip, set "
+                             "encoder.pad_to_window: true (cuts it at 30 s), or set both encoder.pad_to_window: true "
+                             "and encoder.long_clips: split (encodes consecutive 30 s windows)")
 
+    def windows(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``lengths [B]`` in samples -> 30 s windows per clip ``[B]``: 1, or ``ceil(len / 30 s)`` with
+        ``long_clips: split``."""
+        if self.pad_to_window and self.long_clips == "split":
+            return ((lengths + self.window_samples - 1) // self.window_samples).clamp(min=1)
+        return torch.ones_like(lengths)
 
     # -- features ----------------------------------------------------------------------------------
     def _filters(self) -> torch.Tensor:
@@ -127,17 +150,27 @@ class WhisperEncoder(Encoder):
         """``audio [B, S]`` -> log-mel ``[B, n_mels, F]`` float32 and frame lengths ``[B]``.
 
         Variable length: each clip on its own samples (``F = max(len // 160)``, zeros past a clip's frames).
-        ``pad_to_window``: each clip padded or cut to 30 s, ``F = 3000``.
+        ``pad_to_window``: each clip padded or cut to 30 s, ``F = 3000``; with ``long_clips: split`` padded to its
+        ``n = windows(len)`` windows, ``F = 3000 * max(n)``, a clip's features over its own ``3000 * n`` frames
+        (the feature extractor with ``pad_to_multiple_of=480000``, as Voxtral's processor calls it).
         """
         filters = self._filters()
         if self.pad_to_window:
-            window = audio.new_zeros(audio.shape[0], self.window_samples, dtype=torch.float32)
-            for b, n in enumerate(lengths.tolist()):  # padding is written here, whatever the caller padded with
-                n = min(n, self.window_samples)
-                window[b, :n] = audio[b, :n]
+            span = self.windows(lengths) * self.window_samples  # [B] samples each clip is padded (or cut) to
+            clip = torch.minimum(lengths, span)
+            padded = audio.new_zeros(audio.shape[0], int(span.max()), dtype=torch.float32)
+            for b, n in enumerate(clip.tolist()):  # padding is written here, whatever the caller padded with
+                padded[b, :n] = audio[b, :n]
             # Frames whose centre lies in the clip: the feature extractor's attention mask (ceil, not floor).
-            mel_lengths = (lengths.clamp(max=self.window_samples) + HOP_LENGTH - 1) // HOP_LENGTH
-            return log_mel(window, filters), mel_lengths
+            mel_lengths = (clip + HOP_LENGTH - 1) // HOP_LENGTH
+            if bool((span == span[0]).all()):
+                return log_mel(padded, filters), mel_lengths
+            # Rows of different spans: each on its own span, so the max - 8 clamp never sees another clip's padding.
+            mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(span.max()) // HOP_LENGTH,
+                                   dtype=torch.float32)
+            for b, n in enumerate(span.tolist()):
+                mels[b, :, : n // HOP_LENGTH] = log_mel(padded[b, :n], filters)
+            return mels, mel_lengths
         mel_lengths = lengths // HOP_LENGTH
         mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(mel_lengths.max()), dtype=torch.float32)
         for b, n in enumerate(lengths.tolist()):
@@ -150,10 +183,14 @@ class WhisperEncoder(Encoder):
         """``audio [B, S]`` float, zero-padded on the right; ``lengths [B]`` in samples.
 
         Returns ``hidden [B, T, C]`` (``[B, L+1, T, C]`` for ``layer: all``) and ``lengths [B]`` in frames,
-        padded frames zeroed.
+        padded frames zeroed. With ``long_clips: split`` a clip's windows follow each other along ``T``.
         """
         self._check(audio, lengths)
         mels, mel_lengths = self.features(audio, lengths)
+        windows = self.windows(lengths)  # [B]; 1 each unless long_clips: split
+        split = int(windows.sum()) != len(windows)
+        if split:  # W = windows.sum() rows of 3000 mel frames, each clip's windows consecutive
+            mels, mel_lengths = self._split_windows(mels, mel_lengths, windows)
         mels = mels.to(self.encoder.conv1.weight.dtype)
         out_lengths = (mel_lengths - 1) // 2 + 1
         if self.pad_to_window and not self.window_attention_mask and self.pool == 1:
@@ -163,10 +200,44 @@ class WhisperEncoder(Encoder):
             states = self._forward_layers(mels, mel_lengths if not self.pad_to_window else None, out_lengths)
         if self.pool > 1:
             out_lengths = out_lengths // self.pool
-        hidden = self.select(states)[..., : int(out_lengths.max()), :]
+        hidden = self.select(states)
+        if self.pad_to_window and self.window_output == "window":  # every frame of every window, silence included
+            out_lengths = torch.full_like(out_lengths, hidden.shape[-2])
+        if split:
+            hidden, out_lengths = self._join_windows(hidden, out_lengths, windows)
+        hidden = hidden[..., : int(out_lengths.max()), :]
         mask = lengths_to_mask(out_lengths, hidden.shape[-2]).to(hidden.dtype)
         hidden = hidden * (mask[:, None, :, None] if hidden.dim() == 4 else mask[..., None])
         return EncoderOutput(hidden=hidden, lengths=out_lengths)
+
+    def _split_windows(self, mels: torch.Tensor, mel_lengths: torch.Tensor,
+                       windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mels [B, n_mels, 3000 * max(windows)]``, ``mel_lengths [B]`` -> ``[W, n_mels, 3000]`` (``W =
+        windows.sum()``, a clip's windows consecutive, as Voxtral's processor stacks its chunks) and mel frames of
+        the clip in each window ``[W]``."""
+        frames = 2 * self.max_frames  # 3000 mel frames = 30 s
+        rows, row_lengths = [], []
+        for b, n in enumerate(windows.tolist()):
+            rows.append(mels[b, :, : n * frames].reshape(mels.shape[1], n, frames).transpose(0, 1))
+            starts = torch.arange(n, device=mel_lengths.device) * frames
+            row_lengths.append((mel_lengths[b] - starts).clamp(0, frames))
+        return torch.cat(rows), torch.cat(row_lengths)
+
+    @staticmethod
+    def _join_windows(hidden: torch.Tensor, lengths: torch.Tensor,
+                      windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden [W, T, C]`` (or ``[W, L, T, C]``), ``lengths [W]`` per window -> each clip's windows concatenated
+        in time, ``[B, max(windows) * T, C]`` (or ``[B, L, max(windows) * T, C]``), and ``lengths [B]``. Only a
+        clip's last window holds padding, so its frames stay contiguous."""
+        T, C = hidden.shape[-2:]
+        joined = hidden.new_zeros(len(windows), *hidden.shape[1:-2], int(windows.max()) * T, C)
+        joined_lengths, start = [], 0
+        for b, n in enumerate(windows.tolist()):
+            clip = hidden[start : start + n].movedim(0, -3)  # [n, T, C] or [L, n, T, C]
+            joined[b, ..., : n * T, :] = clip.reshape(*clip.shape[:-3], n * T, C)
+            joined_lengths.append(lengths[start : start + n].sum())
+            start += n
+        return joined, torch.stack(joined_lengths)
 
     def _forward_window(self, mels: torch.Tensor) -> list[torch.Tensor]:
         """``mels [B, n_mels, 3000]`` -> hidden states through transformers' own forward (the reference)."""
