@@ -338,3 +338,12 @@ def test_meta_build_without_config_offline_says_add_config():
     with pytest.raises(WhisperLoadError, match="inline encoder.config"):
         with torch.device("meta"):
             WhisperEncoder(WhisperOptions(pretrained="/no/such/folder"), BuildContext(card=None, meta=True))
+
+
+def test_a_checkpoint_without_a_whisper_tower_is_named(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                 intermediate_size=32, vocab_size=64)).save_pretrained(tmp_path / "lm")
+    with pytest.raises(WhisperLoadError, match="Qwen2Config checkpoint, neither Whisper nor an audio LLM"):
+        WhisperEncoder(WhisperOptions(pretrained=str(tmp_path / "lm")), BuildContext(card=None))

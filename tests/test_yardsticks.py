@@ -216,3 +216,27 @@ def test_granite_speech_card_matches_transformers_granite_speech(monkeypatch):
         # Tight: the tiny model's logits are ~0.1 (divided by 16); masking the last window instead of zero-padding
         # it moves them by 3e-4.
         torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-5, rtol=1e-5)
+
+
+# -- the trained audio towers of these models load into the whisper encoder as they are ------------------------------
+@pytest.mark.parametrize("name", ["qwen2-audio", "audio-flamingo-3", "voxtral"])
+def test_an_audio_llm_checkpoint_gives_its_audio_tower_to_the_whisper_encoder(tmp_path, name):
+    """``encoder.pretrained`` may name a whole audio LLM checkpoint: its tower's config and weights are read
+    (strictly), the LLM's never leave the disk. (The yardsticks above show the tower computes as the reference.)"""
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card(name, preset="tiny")).eval()
+    classes = {"qwen2-audio": (tf.Qwen2AudioForConditionalGeneration, tf.Qwen2AudioConfig, _whisper_tower(model)),
+               "audio-flamingo-3": (tf.AudioFlamingo3ForConditionalGeneration, tf.AudioFlamingo3Config,
+                                    _audio_encoder_config(_whisper_tower(model))),
+               "voxtral": (tf.VoxtralForConditionalGeneration, tf.VoxtralConfig,
+                           _audio_encoder_config(_whisper_tower(model)))}
+    model_class, config_class, audio_config = classes[name]
+    reference = model_class(config_class(audio_config=audio_config, text_config=model.llm.config.to_dict(),
+                                         audio_token_id=model.llm.audio_token_id)).eval()
+    reference.save_pretrained(tmp_path / name)
+    loaded = slmzoo.build(slmzoo.load_card(name, preset="tiny", overrides=[
+        f"encoder.pretrained={tmp_path / name}", "encoder.config=null"])).eval()
+    tower = reference.model.audio_tower.state_dict()
+    ours = loaded.encoder.encoder.state_dict()
+    assert ours.keys() == tower.keys() and all(torch.equal(ours[k], tower[k]) for k in tower)
+    assert loaded.encoder.config.d_model == model.encoder.config.d_model

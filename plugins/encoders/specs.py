@@ -27,7 +27,9 @@ class EncoderOptions(ComponentOptions):
 class WhisperOptions(EncoderOptions):
     """The encoder of OpenAI Whisper, computing its own log-mel features."""
 
-    pretrained: str | None = Field(None, description="Hub id or local folder of a Whisper checkpoint (transformers format).")
+    pretrained: str | None = Field(
+        None, description="Hub id or local folder of a Whisper checkpoint (transformers format), or of an audio LLM "
+        "whose audio tower is a Whisper encoder (Qwen2-Audio, Audio Flamingo 3, Voxtral): its tower alone is read.")
     config: dict[str, Any] | None = Field(
         None, description="Inline WhisperConfig fields for a randomly initialised encoder (used with --meta too)."
     )

@@ -43,6 +43,11 @@ from slmzoo_plugins.encoders.layers import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding of the centred STFT needs more than n_fft // 2 samples
+ENCODER_PREFIXES = ("model.encoder.", "encoder.", "model.audio_tower.", "audio_tower.")
+BARE_ENCODER = ("conv1.", "conv2.", "embed_positions.", "layers.", "layer_norm.")
+# What an audio LLM's Whisper-tower config must give (Qwen2-Audio's names; newer configs map them by attribute_map).
+TOWER_FIELDS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
+                "max_source_positions", "activation_function", "scale_embedding")
 
 
 class WhisperLoadError(RuntimeError):
@@ -56,26 +61,39 @@ def _config(options, from_config: bool):
         return WhisperConfig(**options.config)
     if options.pretrained is None:
         raise WhisperLoadError("encoder: give pretrained (hub id or folder) or an inline config")
+    from transformers import AutoConfig
+
     try:
-        return WhisperConfig.from_pretrained(options.pretrained)
+        loaded = AutoConfig.from_pretrained(options.pretrained)
     except Exception as error:
         raise WhisperLoadError(f"encoder.pretrained: cannot read the config of {options.pretrained!r} ({error}); "
                                "add an inline encoder.config with the published dimensions to build offline"
                                ) from None
+    if isinstance(loaded, WhisperConfig):
+        return loaded
+    tower = getattr(loaded, "audio_config", None)  # an audio LLM whose audio tower is a Whisper encoder
+    if tower is None or not all(hasattr(tower, field) for field in TOWER_FIELDS):
+        raise WhisperLoadError(f"encoder.pretrained: {options.pretrained!r} is a {type(loaded).__name__} checkpoint, "
+                               "neither Whisper nor an audio LLM with a Whisper audio tower (Qwen2-Audio, Audio "
+                               "Flamingo 3, Voxtral)")
+    fields = {field: getattr(tower, field) for field in TOWER_FIELDS}
+    return WhisperConfig(**fields, decoder_layers=1, decoder_attention_heads=fields["encoder_attention_heads"],
+                         decoder_ffn_dim=fields["encoder_ffn_dim"])
 
 
 def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
-    """The encoder tensors of a transformers Whisper checkpoint, keys relative to ``WhisperEncoder``.
+    """The encoder tensors of a transformers Whisper checkpoint, or the Whisper audio tower of an audio LLM
+    checkpoint, keys relative to ``WhisperEncoder``.
 
-    Only encoder keys are read: the decoder of a large checkpoint never leaves the disk.
+    Only encoder keys are read: the decoder or the LLM of a large checkpoint never leaves the disk.
     """
     try:
-        tensors = checkpoint_tensors(pretrained, keep=lambda key: key.startswith(("model.encoder.", "encoder."))
-                                     or not key.startswith(("model.", "decoder.")))
+        tensors = checkpoint_tensors(pretrained, keep=lambda key: key.startswith(ENCODER_PREFIXES + BARE_ENCODER))
     except PretrainedLoadError as error:
         raise WhisperLoadError(str(error)) from None
-    # WhisperForConditionalGeneration nests under model.encoder., WhisperModel under encoder., a bare encoder has none.
-    for prefix in ("model.encoder.", "encoder."):
+    # WhisperForConditionalGeneration nests under model.encoder., WhisperModel under encoder., an audio LLM's tower
+    # under (model.)audio_tower., a bare encoder has none.
+    for prefix in ENCODER_PREFIXES:
         if any(key.startswith(prefix) for key in tensors):
             return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
     return {key: value for key, value in tensors.items() if not key.startswith(("model.", "decoder.", "proj_out."))}
