@@ -29,21 +29,19 @@ Weights load strictly from a ``GraniteSpeechForConditionalGeneration`` checkpoin
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from slmzoo.components import Encoder, EncoderOutput, config_fields
 from slmzoo_plugins.encoders.hf_loading import (
-    PretrainedLoadError,
     checkpoint_tensors,
     feature_settings,
     load_config,
     load_state_strict,
     preprocessor_config,
+    under_prefix,
 )
 from slmzoo_plugins.encoders.layers import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
@@ -115,45 +113,12 @@ def _is_encoder_key(key: str) -> bool:
     return key.startswith(ENCODER_PREFIXES) or key.startswith(BARE_ENCODER)
 
 
-def _read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    tensors = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as reader:
-            tensors.update({key: reader.get_tensor(key) for key in reader.keys() if _is_encoder_key(key)})
-    return tensors
-
-
-def _checkpoint_encoder_tensors(pretrained: str) -> dict[str, torch.Tensor]:
-    """The encoder's tensors of a checkpoint (folder or hub id). From the hub, a sharded checkpoint downloads only
-    the shards the index maps encoder keys to: the 8B LLM beside the encoder never leaves the hub."""
-    if Path(pretrained).is_dir():
-        return checkpoint_tensors(pretrained, keep=_is_encoder_key)
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        index = json.loads(Path(hf_hub_download(pretrained, "model.safetensors.index.json")).read_text())
-    except EntryNotFoundError:  # a single model.safetensors: nothing to skip
-        return checkpoint_tensors(pretrained, keep=_is_encoder_key)
-    except Exception as error:
-        raise PretrainedLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error}); offline, use a "
-                                  "local folder or an inline encoder.config with --meta") from None
-    shards = sorted({file for key, file in index["weight_map"].items() if _is_encoder_key(key)})
-    if not shards:
-        raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} has no encoder weights (keys encoder.*)")
-    folder = Path(snapshot_download(pretrained, allow_patterns=shards))
-    return _read_safetensors([folder / shard for shard in shards])
-
-
 def encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
-    """``GraniteSpeechCTCEncoder`` state dict from a whole-model or a bare-encoder checkpoint."""
-    tensors = _checkpoint_encoder_tensors(pretrained)
-    for prefix in ENCODER_PREFIXES:
-        if any(key.startswith(prefix) for key in tensors):
-            return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-    return {key: value for key, value in tensors.items() if key.startswith(BARE_ENCODER)}
+    """``GraniteSpeechCTCEncoder`` state dict from a whole-model or a bare-encoder checkpoint (folder or hub id:
+    from the hub only the shards holding encoder weights are downloaded)."""
+    tensors = checkpoint_tensors(pretrained, keep=_is_encoder_key)
+    found = under_prefix(tensors, ENCODER_PREFIXES)
+    return found if found is not None else {k: v for k, v in tensors.items() if k.startswith(BARE_ENCODER)}
 
 
 def _saved_feature_settings(pretrained: str | None, context) -> dict:

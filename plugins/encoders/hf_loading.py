@@ -133,25 +133,45 @@ def feature_settings(pretrained: str | None, given: dict | None, known, context=
     return {k: v for k, v in preprocessor_config(pretrained, context).items() if k in known}
 
 
+def _download(pretrained: str, keep: Callable[[str], bool]) -> Path:
+    """A hub checkpoint's folder. A sharded one downloads only the shards its index maps kept keys to: the LLM
+    beside an audio LLM's encoder never leaves the hub."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        try:
+            index = json.loads(Path(hf_hub_download(pretrained, "model.safetensors.index.json")).read_text())
+        except EntryNotFoundError:  # a single file: nothing to skip
+            index = None
+        if index is not None:
+            shards = sorted({file for key, file in index["weight_map"].items() if keep(key)})
+            if not shards:
+                raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} holds none of the weights this "
+                                          "encoder reads (check the hub id)")
+            return Path(snapshot_download(pretrained, allow_patterns=shards))
+        folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
+            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.bin"]))
+        return folder
+    except PretrainedLoadError:
+        raise
+    except Exception as error:
+        raise PretrainedLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error}); offline, use "
+                                  "a local folder or an inline encoder.config with --meta") from None
+
+
 def checkpoint_tensors(pretrained: str, keep: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:
     """The tensors of a transformers checkpoint (folder or hub id; sharded or not; safetensors or .bin) whose
-    key ``keep`` accepts. Safetensors are read key by key, so skipped parts (a decoder) never leave the disk."""
+    key ``keep`` accepts. Safetensors are read key by key and shards without kept keys are skipped, so the parts
+    left out (a decoder, an LLM) never leave the disk, nor the hub."""
     import torch
 
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.safetensors"]))
-            if not any(folder.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
-                folder = Path(snapshot_download(pretrained, allow_patterns=["*.json", "*.bin"]))
-        except Exception as error:
-            raise PretrainedLoadError(f"encoder.pretrained: cannot download {pretrained!r} ({error}); offline, use "
-                                      "a local folder or an inline encoder.config with --meta") from None
+    folder = Path(pretrained) if Path(pretrained).is_dir() else _download(pretrained, keep)
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [folder / f for f in sorted({file for key, file in weight_map.items() if keep(key)})]
     else:
         files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
@@ -166,6 +186,15 @@ def checkpoint_tensors(pretrained: str, keep: Callable[[str], bool] = lambda key
         else:
             tensors.update({k: v for k, v in torch.load(file, map_location="cpu", weights_only=True).items() if keep(k)})
     return tensors
+
+
+def under_prefix(tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The tensors under the first of ``prefixes`` that some key starts with, the prefix removed; ``None`` when no
+    key does (a bare module's checkpoint)."""
+    for prefix in prefixes:
+        if any(key.startswith(prefix) for key in tensors):
+            return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    return None
 
 
 def load_state_strict(module, state: dict[str, torch.Tensor], source: str, what: str,

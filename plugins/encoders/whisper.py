@@ -38,7 +38,8 @@ from torch import nn
 
 from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_to_mask
 from slmzoo_plugins.encoders.features import HOP_LENGTH, N_FFT, SAMPLING_RATE, log_mel, mel_filters
-from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError, checkpoint_tensors, load_state_strict
+from slmzoo_plugins.encoders.hf_loading import (PretrainedLoadError, checkpoint_tensors, load_state_strict,
+                                                 under_prefix)
 from slmzoo_plugins.encoders.layers import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
@@ -93,10 +94,8 @@ def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
         raise WhisperLoadError(str(error)) from None
     # WhisperForConditionalGeneration nests under model.encoder., WhisperModel under encoder., an audio LLM's tower
     # under (model.)audio_tower., a bare encoder has none.
-    for prefix in ENCODER_PREFIXES:
-        if any(key.startswith(prefix) for key in tensors):
-            return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-    return {key: value for key, value in tensors.items() if not key.startswith(("model.", "decoder.", "proj_out."))}
+    found = under_prefix(tensors, ENCODER_PREFIXES)
+    return found if found is not None else {k: v for k, v in tensors.items() if k.startswith(BARE_ENCODER)}
 
 
 class WhisperEncoder(Encoder):
