@@ -32,7 +32,7 @@ def padding_efficiency(dataset, sampler, batches: int) -> dict:
 
 def throughput(model, dataset, sampler, steps: int) -> dict:
     from slmzoo.data import make_loader
-    from slmzoo.training.loop import TENSOR_KEYS
+    from slmzoo.training.loop import tensors
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = iter(make_loader(dataset, sampler, num_workers=1))
@@ -40,7 +40,7 @@ def throughput(model, dataset, sampler, steps: int) -> dict:
     audio, start = 0.0, time.perf_counter()
     for _ in range(steps):
         batch = next(loader)
-        loss = model({k: batch[k] for k in TENSOR_KEYS}).loss
+        loss = model(tensors(batch, "cpu")).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -62,9 +62,7 @@ GPU_CARD_SETS = [
 
 
 def _train_step(model, batch, optimizer, device: torch.device):
-    from slmzoo.training.loop import TENSOR_KEYS
-
-    batch = {k: batch[k].to(device, non_blocking=True) for k in TENSOR_KEYS}
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     # bf16 autocast over fp32 master weights, as `train.precision: bf16` runs under Accelerate.
     with torch.autocast(device.type, dtype=torch.bfloat16):
         out = model(batch)
@@ -116,7 +114,7 @@ def gpu_mfu(manifest: str, steps: int, max_duration: float) -> dict:
 
     torch.manual_seed(0)
     model = slmzoo.build(slmzoo.load_card("salm", overrides=GPU_CARD_SETS))
-    dataset = SpeechDataset(model.formatter, model.sampling_rate)
+    dataset = SpeechDataset(model.processor)
     loader = make_loader(dataset, make_sampler(training_cuts([manifest]), max_duration, seed=0), num_workers=2)
     batches = [batch for _, batch in zip(range(steps), loader)]
     name = torch.cuda.get_device_name()
@@ -141,7 +139,7 @@ def main() -> None:
     for name, bucketing in (("bucketing", True), ("random", False)):
         torch.manual_seed(0)
         model = slmzoo.build(slmzoo.load_card("salm", preset="tiny")).train()
-        dataset = SpeechDataset(model.formatter, model.sampling_rate)
+        dataset = SpeechDataset(model.processor)
 
         def sampler():
             return make_sampler(training_cuts([args.manifest]), args.max_duration, bucketing=bucketing, seed=0)

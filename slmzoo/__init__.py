@@ -9,7 +9,7 @@ from __future__ import annotations
 from slmzoo.hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "load_card", "build", "from_pretrained", "__version__"]
+__all__ = ["hookimpl", "load_card", "load_processor", "build", "from_pretrained", "__version__"]
 
 
 def load_card(source, preset=None, overrides=None):
@@ -19,15 +19,24 @@ def load_card(source, preset=None, overrides=None):
     return _load_card(source, preset=preset, overrides=overrides)
 
 
+def load_processor(source, preset=None, overrides=None):
+    """The processor (tokenizer, chat template, audio tag, prompt formatting, audio settings) of a card or a saved
+    model folder, without building the model."""
+    from slmzoo.processing import load_processor as _load_processor
+
+    return _load_processor(source, preset=preset, overrides=overrides)
+
+
 def build(card, meta: bool = False):
-    """Instantiate a :class:`slmzoo.model.SpeechLM` from a loaded card (or anything ``load_card`` takes)."""
+    """Instantiate the model of a loaded card (or anything ``load_card`` takes): a
+    :class:`slmzoo.model.SpeechLM` for the default architecture, the card's architecture's model otherwise."""
     from slmzoo.builder import build as _build
 
     return _build(card, meta=meta)
 
 
 def from_pretrained(path, **kwargs):
-    """Load a model saved with ``SpeechLM.save_pretrained`` (or ``slmzoo build --out``)."""
-    from slmzoo.model import SpeechLM
+    """Load a model saved with ``save_pretrained`` (or ``slmzoo build --out``, or a training checkpoint)."""
+    from slmzoo.saving import load_pretrained
 
-    return SpeechLM.from_pretrained(path, **kwargs)
+    return load_pretrained(path, **kwargs)

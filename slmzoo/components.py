@@ -6,7 +6,10 @@ Data flow (every stage carries lengths; a padded frame never reaches a real one)
       -> Encoder  -> EncoderOutput(hidden [B, T, C] or [B, L, T, C], lengths [B])
       -> Adapter  -> AdapterOutput(embeds [B, T', D], lengths [B])       D = LLM width
       -> Fusion   -> LLM inputs (inputs_embeds, attention_mask, labels, ...)
-      -> LLM      -> loss, logits, generate()
+      -> LLM      -> hidden states [B, L, D] -> head -> logits [B, L, V]; loss; cached generate()
+
+Everything the kernel, the fusions and the training loop use of a component is declared here; a component that
+implements exactly its base class works everywhere (``slmzoo.testing`` checks it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from slmzoo.processing import UsesProcessor
+from slmzoo.prompting import IGNORE_INDEX
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -75,8 +82,12 @@ def config_fields(config) -> dict[str, Any]:
     return fields
 
 
-class Standalone:
-    """Components whose card block may name a ``pretrained`` source (a hub id, a folder, a file)."""
+class Component(nn.Module):
+    """What every component shares, whatever its kind."""
+
+    #: True when the component applies its card block's ``lora`` itself (the LLM wrappers use peft's task
+    #: wrappers); otherwise the builder injects it (:func:`slmzoo.lora.add_lora`).
+    applies_own_lora: bool = False
 
     def standalone_options(self) -> dict[str, Any] | None:
         """Card options that rebuild this component exactly without its ``pretrained`` source: the inline
@@ -87,20 +98,34 @@ class Standalone:
         config = getattr(self, "config", None)
         return {"config": config_fields(config)} if hasattr(config, "to_diff_dict") else None
 
+    def context_fields(self) -> dict[str, Any]:
+        """What components built after this one may read from the build context (``BuildContext``), e.g. the
+        encoder's width for the adapter. Fields the context does not declare go to ``context.extra``."""
+        return {}
 
-class Encoder(Standalone, nn.Module):
+    def gradient_checkpointing_enable(self) -> bool:
+        """Recompute activations during backward instead of keeping them; ``False``: not supported."""
+        return False
+
+
+class Encoder(Component):
     """Waveforms in, frames out. Subclasses set ``output_dim``, ``frame_rate`` and ``sampling_rate``."""
 
     output_dim: int
     frame_rate: float  # output frames per second of audio
     sampling_rate: int = 16000
+    stacks_layers: bool = False  # True: ``hidden`` is [B, L, T, C] (every layer kept, ``layer: all``)
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:  # pragma: no cover - abstract
         """``audio [B, S]`` float waveforms zero-padded on the right, ``lengths [B]`` in samples."""
         raise NotImplementedError
 
+    def context_fields(self) -> dict[str, Any]:
+        return {"encoder_dim": self.output_dim, "encoder_frame_rate": self.frame_rate,
+                "sampling_rate": self.sampling_rate, "encoder_layers_stacked": bool(self.stacks_layers)}
 
-class Adapter(Standalone, nn.Module):
+
+class Adapter(Component):
     """Encoder frames -> LLM-width embeddings."""
 
     output_dim: int
@@ -120,7 +145,7 @@ class Adapter(Standalone, nn.Module):
         return None
 
 
-class Fusion(Standalone, nn.Module):
+class Fusion(Component):
     """Combines audio embeddings with the tokenized prompt for the LLM."""
 
     def fuse(
@@ -144,19 +169,133 @@ class Fusion(Standalone, nn.Module):
         """
 
 
-class LanguageModel(Standalone, nn.Module):
-    """A causal LM with its tokenizer. Subclasses set ``hidden_size``, ``tokenizer`` and ``audio_token_id``."""
+@dataclass
+class LMOutput:
+    """``logits [B, L, V]`` (``[B, N, V]`` over the decoder's positions for an encoder-decoder LM) and the mean
+    cross-entropy over the positions whose label is not -100 (``None`` without labels)."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits [B, L, V]`` predicting ``labels [B, L]`` one position ahead (-100 ignored),
+    in float32: what transformers' causal LMs compute."""
+    shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device),
+                           ignore_index=IGNORE_INDEX)
+
+
+class LanguageModel(UsesProcessor, Component):
+    """A language model and the contract the fusions, the training loop and generation rely on.
+
+    A subclass sets ``hidden_size`` and ``processor`` (the :class:`slmzoo.processing.Processor` the builder
+    passes in ``context.processor``: tokenizer, chat format, audio tag) and implements
+    :meth:`input_embeddings`, :meth:`decoder_layers`, :meth:`hidden_states` and :meth:`head`. ``forward`` and
+    ``generate`` have working defaults built on those four (a greedy or sampled loop with the KV cache that
+    ``hidden_states`` returns); transformers-backed LMs override them with transformers' own.
+    """
 
     hidden_size: int
-    tokenizer: Any
-    audio_token_id: int
     is_encoder_decoder: bool = False  # True: inputs_embeds feed the encoder, labels are the decoder's targets
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def context_fields(self) -> dict[str, Any]:
+        return {"llm": self, "llm_dim": self.hidden_size}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the weights: fusions create their own weights in it."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+    # -- the parts --------------------------------------------------------------------------------------
+    def input_embeddings(self) -> nn.Module:  # pragma: no cover - abstract
+        """The token embedding module (``[B, L]`` ids -> ``[B, L, D]``). Every lookup goes through it, the
+        prompt's and each generated token's, so a forward hook on it sees them all (``cross_attention``)."""
         raise NotImplementedError
 
-    def forward(self, inputs_embeds, attention_mask, labels=None, **extra):  # pragma: no cover - abstract
+    def decoder_layers(self) -> nn.ModuleList:  # pragma: no cover - abstract
+        """The transformer blocks, in order (the decoder's for an encoder-decoder LM): in-layer fusions hook them."""
         raise NotImplementedError
 
-    def generate(self, inputs_embeds, attention_mask, **generation_kwargs) -> torch.Tensor:  # pragma: no cover
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor | None = None, past_key_values: Any = None,
+                      use_cache: bool = False) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
+        """``inputs_embeds [B, L, D]`` -> the last layer's states ``[B, L, D]`` (final norm applied) and the KV
+        cache (``None`` unless ``use_cache``). ``attention_mask [B, P + L]`` covers the cached positions ``P``
+        too; ``position_ids [B, L]`` default to counting real positions from 0."""
         raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """``hidden [B, L, D]`` -> ``logits [B, L, V]``, including any scaling the model applies to logits."""
+        raise NotImplementedError
+
+    def rotate_queries(self, attention: nn.Module, queries: torch.Tensor, position_embeddings: Any) -> torch.Tensor:
+        """Queries ``[B, H, L, d]`` rotated as ``attention`` (a module of a decoder layer) rotates its own, given the
+        ``position_embeddings`` the layer received (rotary models); default: no rotation. ``adapter_prompt`` uses
+        it to let the layer's queries attend to its prompts."""
+        return queries
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids [B, L]`` -> ``[B, L, D]`` through :meth:`input_embeddings`."""
+        return self.input_embeddings()(input_ids)
+
+    # -- what the model does with them -------------------------------------------------------------
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, **extra) -> LMOutput:
+        """Teacher-forced pass: ``logits [B, L, V]`` and, with ``labels [B, L]``, the next-token loss."""
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask)
+        hidden, _ = self.hidden_states(inputs_embeds, attention_mask, position_ids=position_ids)
+        logits = self.head(hidden)
+        return LMOutput(loss=None if labels is None else causal_lm_loss(logits, labels), logits=logits)
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int = 128,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+                 **unused) -> torch.Tensor:
+        """Left-padded ``inputs_embeds [B, L, D]`` -> new token ids ``[B, N]`` (``pad_token_id`` after a row
+        ended), decoding with the KV cache of :meth:`hidden_states`. Greedy unless ``do_sample``."""
+        stops = torch.tensor(self.formatter.stop_token_ids if eos_token_id is None else
+                             ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
+                             device=inputs_embeds.device)
+        pad = self.pad_token_id if pad_token_id is None else pad_token_id
+        mask = attention_mask.long()
+        position_ids = default_position_ids(mask)
+        hidden, cache = self.hidden_states(inputs_embeds, mask, position_ids=position_ids, use_cache=True)
+        next_position = position_ids[:, -1:] + 1
+        done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=inputs_embeds.device)
+        tokens = []
+        for _ in range(max_new_tokens):
+            logits = self.head(hidden[:, -1:]).float()[:, -1]
+            token = _pick(logits, do_sample, temperature, top_p)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            tokens.append(token)
+            done |= torch.isin(token, stops)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            hidden, cache = self.hidden_states(self.embed(token[:, None]), mask, position_ids=next_position,
+                                               past_key_values=cache, use_cache=True)
+            next_position = next_position + 1
+        if not tokens:
+            return inputs_embeds.new_zeros(inputs_embeds.shape[0], 0, dtype=torch.long)
+        return torch.stack(tokens, dim=1)
+
+
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` positions counting real tokens from 0 (left padding gets position 1, as transformers does)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
+    """``logits [B, V]`` -> ``[B]``: the argmax, or a sample at ``temperature`` from the ``top_p`` nucleus."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = F.softmax(logits / max(temperature, 1e-5), dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest set whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+    return torch.multinomial(probs, 1)[:, 0]

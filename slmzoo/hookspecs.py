@@ -19,9 +19,20 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def slmzoo_register_components(register) -> None:
-    """Register components: call ``register(ComponentSpec(...))`` once per component."""
+    """Register what models are made of: call ``register(...)`` once per ``ComponentSpec`` (a component),
+    ``ComponentKind`` (a new kind of component, e.g. ``codec``) or ``ArchitectureSpec`` (a way to assemble
+    components into a model, e.g. ``speechlm``), all from :mod:`slmzoo.registry`."""
 
 
 @hookspec
 def slmzoo_register_cards(register) -> None:
     """Register model cards: call ``register(path)`` with a card file or a folder of ``*.yaml`` cards."""
+
+
+@hookspec
+def slmzoo_register_commands(register) -> None:
+    """Add CLI commands: call ``register(name, command, help=None)`` where ``command`` is a ``typer.Typer`` (a
+    group of subcommands, ``slmzoo NAME SUB ...``) or a function (one command, ``slmzoo NAME ...``).
+
+    The module that implements this hook is imported by ``slmzoo --help``: keep torch out of it and import the
+    heavy parts inside the command functions."""

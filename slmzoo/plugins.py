@@ -17,9 +17,12 @@ from types import ModuleType
 import pluggy
 
 from slmzoo import hookspecs
-from slmzoo.registry import ComponentSpec, Registry
+from slmzoo.registry import ArchitectureSpec, CommandSpec, ComponentKind, ComponentSpec, Registry
 
 ENTRY_POINT_GROUP = "slmzoo"
+#: The kernel's own plugin: the component kinds and the ``speechlm`` architecture. Registered first, through the
+#: same hooks as every other plugin, and never subject to the allow and block lists (llm's DEFAULT_PLUGINS).
+BUILTIN = ("slmzoo", "slmzoo.builtin")
 LOAD_ENV = "SLMZOO_LOAD_PLUGINS"  # comma-separated allow-list of plugin names
 DISABLE_ENV = "SLMZOO_DISABLE_PLUGINS"  # comma-separated block-list of plugin names
 
@@ -33,8 +36,9 @@ class PluginInfo:
     error: str | None = None  # one line; ``traceback`` has the rest
     traceback: str | None = None
     disabled: bool = False
-    components: list[str] = field(default_factory=list)  # "kind:name"
+    components: list[str] = field(default_factory=list)  # "kind:name", "kind:NAME" for kinds, "architecture:name"
     cards: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -62,6 +66,14 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
 
     # -- loading ---------------------------------------------------------------------------------
+    def load_builtin(self) -> None:
+        name, module_name = BUILTIN
+        if name not in self.plugins:
+            from slmzoo import __version__
+
+            info = PluginInfo(name=name, module=module_name, distribution="slmzoo", version=__version__)
+            self.register_module(importlib.import_module(module_name), info)
+
     def load_entry_points(self) -> None:
         allow, block = _names_from_env(LOAD_ENV), _names_from_env(DISABLE_ENV) or set()
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -106,22 +118,28 @@ class PluginHost:
 
     def _call_hooks(self, info: PluginInfo) -> None:
         plugin = self.pm.get_plugin(info.name)
-        added: list[ComponentSpec] = []
 
-        def register_component(spec: ComponentSpec) -> None:
-            spec = ComponentSpec(**{**spec.__dict__, "provider": info.name})
+        def register_component(spec: ComponentSpec | ComponentKind | ArchitectureSpec) -> None:
+            if not isinstance(spec, (ComponentSpec, ComponentKind, ArchitectureSpec)):
+                raise TypeError(f"register() takes a ComponentSpec, ComponentKind or ArchitectureSpec, "
+                                f"not {type(spec).__name__}")
+            spec = type(spec)(**{**spec.__dict__, "provider": info.name})
             self.registry.add(spec)
-            added.append(spec)
-            info.components.append(f"{spec.kind}:{spec.name}")
+            info.components.append(_label(spec))
 
         def register_cards(path: str | os.PathLike) -> None:
             path = str(Path(path))
             self.registry.card_paths.append((path, info.name))
             info.cards.append(path)
 
+        def register_command(name: str, command, help: str | None = None) -> None:
+            self.registry.add(CommandSpec(name=name, command=command, help=help, provider=info.name))
+            info.commands.append(name)
+
         try:
             for hook_name, callback in (("slmzoo_register_components", register_component),
-                                        ("slmzoo_register_cards", register_cards)):
+                                        ("slmzoo_register_cards", register_cards),
+                                        ("slmzoo_register_commands", register_command)):
                 hook = getattr(self.pm.hook, hook_name)
                 impls = [impl for impl in hook.get_hookimpls() if impl.plugin is plugin]
                 for impl in impls:
@@ -132,6 +150,7 @@ class PluginHost:
             self.registry.remove_provider(info.name)
             info.components.clear()
             info.cards.clear()
+            info.commands.clear()
             self._unregister(info)
             self._mark_broken(info, error)
 
@@ -163,6 +182,7 @@ def host() -> PluginHost:
     global _HOST
     if _HOST is None:
         _HOST = PluginHost()
+        _HOST.load_builtin()
         _HOST.load_entry_points()
     return _HOST
 
@@ -181,3 +201,12 @@ def reset() -> None:
 def register_plugin(module: object, name: str) -> PluginInfo:
     """Register an in-process plugin object (a module or class with hookimpls), as tests and notebooks do."""
     return host().register_module(module, PluginInfo(name=name, module=getattr(module, "__name__", repr(module))))
+
+
+def _label(spec) -> str:
+    """How ``plugins list`` names a registration: ``encoder:whisper``, ``kind:codec``, ``architecture:speechlm``."""
+    if isinstance(spec, ComponentKind):
+        return f"kind:{spec.name}"
+    if isinstance(spec, ArchitectureSpec):
+        return f"architecture:{spec.name}"
+    return f"{spec.kind}:{spec.name}"

@@ -6,13 +6,12 @@ hub tokenizers (chat template, special tokens, batch encoding, decoding).
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
 BYTES = "bytes"
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 
 
 def byte_level_tokenizer(extra_special_tokens: list[str] | tuple[str, ...] = ()):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from slmzoo.components import EncoderOutput  # noqa: E402
+from slmzoo.components import Encoder, EncoderOutput  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO.parent / "shared" / "data" / "digits"
@@ -79,7 +79,7 @@ presets:
 """
 
 
-class FrameEncoder(torch.nn.Module):
+class FrameEncoder(Encoder):
     """Waveform -> one 8-dim frame per 160 samples (a stand-in for a real encoder in fusion and LLM tests)."""
 
     output_dim, frame_rate, sampling_rate = 8, 100.0, 16000

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from slmzoo.builder import BuildContext
 from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError
 from slmzoo_plugins.encoders.specs import ASTOptions, ClapOptions
 
@@ -20,7 +19,7 @@ CLAP_FE = dict(feature_size=16, sampling_rate=16000, hop_length=160, max_length_
 
 
 def context(meta=False):
-    return SimpleNamespace(meta=meta, load_weights=True, from_config=meta)
+    return BuildContext(card=None, meta=meta)
 
 
 def count(module):

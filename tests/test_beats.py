@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from slmzoo_plugins.encoders.beats import BEATsEncoder, BEATsLoadError, relative_position_bucket
+from slmzoo.builder import BuildContext
+from slmzoo.errors import PretrainedLoadError
+from slmzoo_plugins.encoders.beats import BEATsEncoder, relative_position_bucket
 from slmzoo_plugins.encoders.kaldi_fbank import fbank
 from slmzoo_plugins.encoders.specs import BEATsOptions
 
@@ -19,7 +20,7 @@ TINY = dict(input_patch_size=16, embed_dim=24, encoder_layers=2, encoder_embed_d
 
 
 def context(from_config=False, meta=False):
-    return SimpleNamespace(meta=meta, load_weights=not from_config, from_config=from_config or meta)
+    return BuildContext(card=None, meta=meta, load_weights=not from_config)
 
 
 def build(**options):
@@ -151,22 +152,22 @@ def test_checkpoint_errors_name_the_keys(tmp_path):
     state = dict(enc.model.state_dict())
     path = tmp_path / "bad.pt"
     torch.save({"cfg": TINY, "model": {k: v for k, v in state.items() if k != "encoder.layers.1.fc2.weight"}}, path)
-    with pytest.raises(BEATsLoadError, match=r"missing weight\(s\): encoder\.layers\.1\.fc2\.weight"):
+    with pytest.raises(PretrainedLoadError, match=r"missing weight\(s\): encoder\.layers\.1\.fc2\.weight"):
         BEATsEncoder(BEATsOptions(pretrained=str(path)), context())
     torch.save({"cfg": TINY, "model": {**state, "encoder.extra.bias": torch.zeros(1)}}, path)
-    with pytest.raises(BEATsLoadError, match=r"unexpected weight\(s\): encoder\.extra\.bias"):
+    with pytest.raises(PretrainedLoadError, match=r"unexpected weight\(s\): encoder\.extra\.bias"):
         BEATsEncoder(BEATsOptions(pretrained=str(path)), context())
     # The classifier of a fine-tuned checkpoint is a head outside the encoder: dropped; elsewhere it is unexpected.
     head = {"predictor.weight": torch.zeros(527, 32), "predictor.bias": torch.zeros(527)}
     torch.save({"cfg": {**TINY, "finetuned_model": True}, "model": {**state, **head}}, path)
     BEATsEncoder(BEATsOptions(pretrained=str(path)), context())
     torch.save({"cfg": TINY, "model": {**state, **head}}, path)
-    with pytest.raises(BEATsLoadError, match="predictor.bias"):
+    with pytest.raises(PretrainedLoadError, match="predictor.bias"):
         BEATsEncoder(BEATsOptions(pretrained=str(path)), context())
     torch.save({"weights": state}, path)
-    with pytest.raises(BEATsLoadError, match="'cfg' and 'model'"):
+    with pytest.raises(PretrainedLoadError, match="'cfg' and 'model'"):
         BEATsEncoder(BEATsOptions(pretrained=str(path)), context())
-    with pytest.raises(BEATsLoadError, match="unknown BEATs config field"):
+    with pytest.raises(PretrainedLoadError, match="unknown BEATs config field"):
         BEATsEncoder(BEATsOptions(config={**TINY, "encoder_layer": 3}), context())
 
 

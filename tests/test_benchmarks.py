@@ -27,7 +27,7 @@ def test_bf16_mfu_counts_model_flops_and_times_the_same_steps(one_thread):
         pytest.skip("needs the digits corpus")
     torch.manual_seed(0)
     model = slmzoo.build(slmzoo.load_card("salm", preset="tiny"))
-    dataset = SpeechDataset(model.formatter, model.sampling_rate)
+    dataset = SpeechDataset(model.processor)
     loader = make_loader(dataset, make_sampler(training_cuts([str(DIGITS / "train.jsonl")]), 8.0, seed=0))
     batches = [batch for _, batch in zip(range(2), loader)]
     result = bf16_mfu(model, batches, torch.device("cpu"), peak=1e12)

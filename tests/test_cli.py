@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -396,7 +397,6 @@ def test_human_numbers():
 @pytest.fixture
 def wav(tmp_path):
     import soundfile as sf
-
     from conftest import speechlike
 
     path = tmp_path / "a.wav"
@@ -477,3 +477,19 @@ def test_generate_unreadable_audio(tmp_path, cards):
     result = invoke("generate", "zoo_base", "--preset", "tiny", "--audio", str(bad), "--max-new-tokens", "2")
     assert result.exit_code == 2, result.output
     assert "bad.flac" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content", ["nan", "inf", "-inf", "empty"])
+def test_generate_names_a_file_of_nan_infinite_or_no_samples(tmp_path, cards, content):
+    import soundfile as sf
+
+    path = tmp_path / f"{content}.wav"
+    samples = np.zeros(0 if content == "empty" else 16000, np.float32)
+    if content != "empty":
+        samples[:] = float(content)
+    sf.write(path, samples, 16000, subtype="FLOAT")  # float WAV keeps NaN and infinities as written
+    result = invoke("generate", "zoo_base", "--preset", "tiny", "--audio", str(path), "--max-new-tokens", "2")
+    assert result.exit_code == 2, result.output
+    assert f"{content}.wav" in result.output and "Traceback" not in result.output
+    reason = "empty" if content == "empty" else "NaN or infinite samples"
+    assert reason in result.output

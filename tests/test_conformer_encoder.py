@@ -11,8 +11,9 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
+from slmzoo.builder import BuildContext
+from slmzoo.errors import PretrainedLoadError
 from slmzoo_plugins.encoders.conformer import Conformer, FastConformerEncoder, Wav2Vec2ConformerEncoder
-from slmzoo_plugins.encoders.hf_loading import PretrainedLoadError
 from slmzoo_plugins.encoders.specs import ConformerOptions
 
 FAST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_kernel_size=5,
@@ -73,6 +74,7 @@ def test_fastconformer_matches_reference(parakeet):
 
 @pytest.mark.parametrize("variant", ["fastconformer", "wav2vec2_conformer"])
 def test_clip_alone_equals_clip_in_batch(variant):
+    """Both variants, every layer (the contract kit checks the tiny presets' fastconformer, last layer)."""
     torch.manual_seed(0)
     encoder = Conformer(ConformerOptions(variant=variant, config=FAST if variant == "fastconformer" else W2C,
                                          layer="all"), None).eval()
@@ -133,7 +135,7 @@ def test_strict_loading_names_keys(parakeet, tmp_path):
 
 
 def test_meta_build_counts_parameters(parakeet, w2v2_conformer):
-    context = SimpleNamespace(meta=True, load_weights=True)
+    context = BuildContext(card=None, meta=True)
     cases = [(ConformerOptions(pretrained=parakeet.folder), parakeet.reference),
              (ConformerOptions(config=FAST), parakeet.reference),
              (ConformerOptions(variant="wav2vec2_conformer", pretrained=w2v2_conformer.folder),

@@ -7,17 +7,25 @@ import pytest
 import soundfile as sf
 
 from slmzoo.card.schema import AugmentConfig
-from slmzoo.data import (DataError, DataIssues, SpeechDataset, make_loader, make_sampler, open_manifest,
-                         parse_manifest_spec, training_cuts)
+from slmzoo.data import (
+    DataError,
+    DataIssues,
+    SpeechDataset,
+    make_loader,
+    make_sampler,
+    open_manifest,
+    parse_manifest_spec,
+    training_cuts,
+)
 from slmzoo.prompting import IGNORE_INDEX
-from slmzoo.training.fakes import tiny_model_card, write_corpus
+from tests.fakes import tiny_model_card, write_corpus
 
 
 @pytest.fixture(scope="module")
 def formatter():
     from slmzoo.builder import build
 
-    return build(tiny_model_card()).formatter
+    return build(tiny_model_card()).processor
 
 
 def _dataset(formatter, **kw):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from slmzoo.evaluation import score
 from slmzoo.training import checkpoints as ckpt
-from slmzoo.training.fakes import tiny_model_card, write_corpus
+from tests.fakes import tiny_model_card, write_corpus
 
 
 def test_wer_cer_after_whisper_normalization():

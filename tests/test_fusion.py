@@ -2,13 +2,13 @@
 audio never changes an output, and that KV-cached generation sees the audio."""
 
 import copy
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from slmzoo.components import AdapterOutput
+from slmzoo.builder import BuildContext
+from slmzoo.components import Adapter, AdapterOutput
 from slmzoo.model import SpeechLM
 from slmzoo.prompting import IGNORE_INDEX, pad_sequences
 from slmzoo_plugins.fusion import specs
@@ -40,7 +40,7 @@ def make_llm(dtype=torch.float64):
     if dtype not in _PRISTINE:
         torch.manual_seed(0)
         llm = HFCausalLM(HFCausalOptions(tokenizer="bytes", config=TINY_LLAMA),
-                         SimpleNamespace(card=None, meta=False, from_config=True))
+                         BuildContext(card=None, load_weights=False))
         _PRISTINE[dtype] = llm.to(dtype).eval()
     return copy.deepcopy(_PRISTINE[dtype])
 
@@ -51,7 +51,7 @@ def make_fusion(name, llm, trained=True):
 
     path, options = FUSIONS[name]
     module, attr = path.split(":")
-    fusion = getattr(importlib.import_module(module), attr)(options, SimpleNamespace(llm=llm, card=None))
+    fusion = getattr(importlib.import_module(module), attr)(options, BuildContext(card=None, llm=llm))
     fusion.to(next(llm.parameters()).dtype).eval()
     if trained:
         with torch.no_grad():
@@ -202,13 +202,10 @@ def test_cached_generation_equals_a_loop_without_cache(name):
 
 
 # -- token_space -----------------------------------------------------------------------------------
-class UnitAdapter(torch.nn.Module):
+class UnitAdapter(Adapter):
     """Stands in for a token-mapping adapter: one unit id per frame, from the frame's first feature."""
 
     output_dim = 64
-
-    def output_frame_rate(self, rate):
-        return rate
 
     def forward(self, hidden, lengths):
         units = (hidden[..., 0].abs() * 10).long() % 16
@@ -219,7 +216,7 @@ def test_token_space_trains_only_the_new_rows():
     from slmzoo_plugins.fusion.token_space import TokenSpaceFusion
 
     llm = make_llm(torch.float32)
-    fusion = TokenSpaceFusion(specs.TokenSpaceOptions(num_units=16), SimpleNamespace(llm=llm, card=None))
+    fusion = TokenSpaceFusion(specs.TokenSpaceOptions(num_units=16), BuildContext(card=None, llm=llm))
     llm.requires_grad_(False)  # train.freeze: [llm]
     model = SpeechLM(card=None, encoder=FrameEncoder(), adapter=UnitAdapter(), fusion=fusion, llm=llm)
     waves = [torch.randn(1600), torch.randn(4800)]

@@ -124,7 +124,7 @@ def test_save_and_load_give_identical_outputs(model, tmp_path):
 def test_loading_is_strict(model, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from slmzoo.checkpoint import CheckpointError
+    from slmzoo.saving import CheckpointError
 
     model.save_pretrained(tmp_path / "m")
     tensors = load_file(tmp_path / "m" / "model.safetensors")

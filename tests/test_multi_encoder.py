@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from pydantic import Field, ValidationError
 
 from slmzoo import hookimpl
+from slmzoo.builder import BuildContext
 from slmzoo.card.errors import CardError
 from slmzoo.card.loader import load_card
 from slmzoo.components import Encoder, EncoderOutput, lengths_to_mask
@@ -16,7 +15,6 @@ from slmzoo.plugins import register_plugin, registry
 from slmzoo.registry import ComponentSpec
 from slmzoo_plugins.encoders.multi import alignment_matrix
 from slmzoo_plugins.encoders.specs import EncoderOptions, MultiOptions
-
 
 BEATS = dict(input_patch_size=16, embed_dim=24, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=40,
              encoder_attention_heads=4, conv_pos=8, conv_pos_groups=4, relative_position_embedding=True,
@@ -66,7 +64,7 @@ def fake_encoder():
 def build(**options):
     opts = MultiOptions.model_validate(options)
     spec = registry().get("encoder", "multi")
-    return spec.load_factory()(opts, SimpleNamespace(meta=False, load_weights=True, from_config=False))
+    return spec.load_factory()(opts, BuildContext(card=None))
 
 
 def test_alignment_matrices():

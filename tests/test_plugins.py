@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -346,9 +347,79 @@ def test_install_build_uninstall_the_example_plugin(tmp_path):
         # the tiny preset pools by 2
         assert data["audio_tokens_per_second"] == pytest.approx(rows["encoder"]["frames_per_second"] / 2)
 
+        # the plugin's own tests run slmzoo's contract-test kit on its adapter
+        own_tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")],
+                                   capture_output=True, text=True, cwd=source, timeout=600,
+                                   env={**os.environ, **offline})
+        assert own_tests.returncode == 0, own_tests.stdout[-3000:]
+        assert "7 passed" in own_tests.stdout
+
         removed = slmzoo_cli("plugins", "uninstall", "mean_pool", env=offline)
         assert removed.returncode == 0, removed.stderr
         assert "removed plugin mean_pool" in removed.stdout
         assert "mean_pool" not in slmzoo_cli("list", "adapters").stdout
     finally:
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "slmzoo-mean-pool"], capture_output=True)
+
+
+# -- commands from plugins ---------------------------------------------------------------------------------------
+def test_a_plugin_adds_commands_and_cannot_shadow_slmzoos_own():
+    import typer
+
+    tools = typer.Typer(help="Tools of a plugin.")
+
+    @tools.command("shout")
+    def shout(word: str):
+        """Print WORD loudly."""
+        print(word.upper() + "!")
+
+    def greet(name: str = "world"):
+        """Say hello."""
+        print(f"hello {name}")
+
+    def impostor():
+        print("not slmzoo's list")
+
+    class CommandPlugin:
+        @staticmethod
+        @slmzoo.hookimpl
+        def slmzoo_register_commands(register):
+            register("greet", greet, help="Say hello.")
+            register("tools", tools)
+            register("list", impostor)
+
+    info = slmzoo.plugins.register_plugin(CommandPlugin, "command_plugin")
+    assert info.status == "ok" and info.commands == ["greet", "tools", "list"]
+    help_text = runner.invoke(app, ["--help"]).output
+    assert "greet" in help_text and "tools" in help_text and "units" in help_text
+    assert runner.invoke(app, ["greet", "--name", "zoo"]).output == "hello zoo\n"
+    assert runner.invoke(app, ["tools", "shout", "hi"]).output == "HI!\n"
+    listed = runner.invoke(app, ["list", "cards", "--json"])  # slmzoo's own list, not the plugin's
+    assert listed.exit_code == 0 and "cards" in json.loads(listed.stdout)
+    rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["plugins", "list", "--json"]).stdout)}
+    assert rows["command_plugin"]["commands"] == ["greet", "tools", "list"]
+    slmzoo.plugins.host().unregister("command_plugin")
+    assert runner.invoke(app, ["greet"]).exit_code != 0  # gone with its plugin
+
+
+def test_units_comes_from_the_discrete_units_plugin(monkeypatch):
+    rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["plugins", "list", "--json"]).stdout)}
+    assert rows["adapters"]["commands"] == ["units"]
+    monkeypatch.setenv("SLMZOO_DISABLE_PLUGINS", "adapters")
+    slmzoo.plugins.reset()
+    assert "units" not in runner.invoke(app, ["--help"]).output
+
+
+def test_the_kernel_names_no_plugin():
+    """slmzoo/ never imports slmzoo_plugins: every concrete component comes through the registry."""
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "slmzoo").rglob("*.py")
+                 if re.search(r"^\s*(from|import) slmzoo_plugins", path.read_text(), flags=re.M)]
+    assert offenders == []
+
+
+def test_builtin_kinds_and_architecture_ignore_allow_lists(monkeypatch):
+    monkeypatch.setenv("SLMZOO_LOAD_PLUGINS", "cards")
+    slmzoo.plugins.reset()
+    reg = slmzoo.plugins.registry()
+    assert {"encoder", "adapter", "fusion", "llm"} <= set(reg.kinds) and reg.get_architecture("speechlm")
+    assert slmzoo.plugins.host().plugins["slmzoo"].status == "ok"

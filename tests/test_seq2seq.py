@@ -1,11 +1,11 @@
 """``hf_seq2seq``: the fused prompt feeds a T5 encoder, the response is the decoder's target."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from slmzoo.builder import BuildContext
 from slmzoo.components import Adapter, AdapterOutput
 from slmzoo.model import SpeechLM, split_prompt_response
 from slmzoo_plugins.fusion.concat import ConcatFusion
@@ -30,7 +30,7 @@ class LinearAdapter(Adapter):
 def make_llm(**options):
     torch.manual_seed(0)
     return HFSeq2SeqLM(HFSeq2SeqOptions(tokenizer="bytes", config=TINY_T5, **options),
-                       SimpleNamespace(card=None, meta=False, from_config=True))
+                       BuildContext(card=None, load_weights=False))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_memory_fusion_fuses_only_the_encoder_input():
     from slmzoo_plugins.fusion.specs import CrossAttentionOptions
 
     llm = make_llm().eval()
-    fusion = CrossAttentionFusion(CrossAttentionOptions(num_heads=4), SimpleNamespace(llm=llm, card=None)).eval()
+    fusion = CrossAttentionFusion(CrossAttentionOptions(num_heads=4), BuildContext(card=None, llm=llm)).eval()
     ids = llm.tokenizer(["hi " + llm.formatter.audio_tag], return_tensors="pt").input_ids
     fused = fusion.fuse(llm, ids, torch.ones_like(ids), [torch.randn(5, 64)])
     plain = llm.embed(ids[:, :-1])

@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from slmzoo.training import checkpoints as ckpt
-from slmzoo.training.fakes import tiny_model_card, write_corpus
 from slmzoo.training.loop import ResumeError, RunOptions, train
 from slmzoo.training.metrics import read_metrics
 from slmzoo.training.optim import lr_factor, param_groups
+from tests.fakes import tiny_model_card, write_corpus
 
 FAST = ["train.max_duration=3", "train.log_every=1", "train.warmup_steps=2", "train.lr=3e-3",
         "train.augment={speed_perturb: [0.9, 1.1], spec_augment: true, noise_snr: [10, 30]}"]
@@ -41,9 +41,9 @@ def test_learning_rates_per_group_and_lora():
 
     card = tiny_model_card("llm.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
                            "train.freeze=[llm]", "train.lr_groups={lora: 0.01, encoder: 0.001}")
-    groups = param_groups(build(card), card.card.train)
+    groups = param_groups(build(card), card.train)
     lrs = {g["name"]: g["lr"] for g in groups}
-    assert lrs == {"adapter": card.card.train.lr, "encoder": 0.001, "lora": 0.01}  # the frozen LLM base is absent
+    assert lrs == {"adapter": card.train.lr, "encoder": 0.001, "lora": 0.01}  # the frozen LLM base is absent
     lora = sum(p.numel() for g in groups if g["name"] == "lora" for p in g["params"])
     assert lora == 2 * ((4 * 128 + 128 * 4) + (4 * 128 + 64 * 4))  # 2 layers x (q: 128 -> 128, v: 128 -> 64)
 
@@ -278,3 +278,66 @@ def test_fsdp_trains_like_ddp_saves_whole_weights_and_resumes_exactly(tmp_path):
     straight = load_file(tmp_path / "fsdp" / "checkpoints" / "step-000004" / "model.safetensors")
     again = load_file(tmp_path / "resumed" / "checkpoints" / "step-000004" / "model.safetensors")
     assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own: killpg misses them)."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_a_ddp_run_killed_with_sigkill_resumes(tmp_path):
+    """Two DDP processes (torchrun, CPU) killed with SIGKILL mid-run, right after a checkpoint appeared: ``--resume``
+    continues from the newest intact checkpoint to the end, logging each step once."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import DIGITS, REPO
+
+    if not (DIGITS / "train.jsonl").is_file() or shutil.which("torchrun") is None:
+        pytest.skip("needs the digits corpus and torchrun")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+
+    def launch(*extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29500 + os.getpid() % 1000 + 13), "-m", "slmzoo", "train", "salm", "--preset", "tiny",
+                "--train", str(DIGITS / "train.jsonl"), "--out", str(out), "--no-progress", *extra,
+                *[a for s in ("train.max_steps=10", "train.log_every=1", "train.checkpoint_every=2",
+                              "train.max_duration=8", "train.keep_last=3") for a in ("--set", s)]]
+
+    proc = subprocess.Popen(launch(), env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ckpt.complete_checkpoints(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    for pid in [*_descendants(proc.pid), proc.pid]:  # both ranks and the launcher, mid-step after a checkpoint
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    killed_at = [p.name for p in ckpt.complete_checkpoints(out)]
+    assert killed_at and killed_at[-1] != "step-000010", "the run finished before it could be killed"
+
+    result = subprocess.run(launch("--resume"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {ckpt.checkpoint_dir(out) / killed_at[-1]}" in (out / "train.log").read_text()
+    assert [r["step"] for r in read_metrics(out) if "loss" in r] == list(range(1, 11))
+    assert ckpt.latest_checkpoint(out).name == "step-000010"

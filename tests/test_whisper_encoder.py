@@ -9,8 +9,9 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForCondi
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from slmzoo.builder import BuildContext
+from slmzoo.errors import PretrainedLoadError
 from slmzoo_plugins.encoders.specs import WhisperOptions
-from slmzoo_plugins.encoders.whisper import WhisperEncoder, WhisperLoadError
+from slmzoo_plugins.encoders.whisper import WhisperEncoder
 
 TINY = dict(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
             decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32)
@@ -218,7 +219,7 @@ def test_strict_loading_names_the_key(checkpoint, tmp_path, edit, name):
         state[key] = torch.zeros(3)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
-    with pytest.raises(WhisperLoadError, match=("missing" if edit == "drop" else "unexpected") + ".*" + name):
+    with pytest.raises(PretrainedLoadError, match=("missing" if edit == "drop" else "unexpected") + ".*" + name):
         build(pretrained=str(tmp_path), config=None)
 
 
@@ -335,7 +336,7 @@ def test_meta_build_counts_parameters():
 
 
 def test_meta_build_without_config_offline_says_add_config():
-    with pytest.raises(WhisperLoadError, match="inline encoder.config"):
+    with pytest.raises(PretrainedLoadError, match="inline encoder.config"):
         with torch.device("meta"):
             WhisperEncoder(WhisperOptions(pretrained="/no/such/folder"), BuildContext(card=None, meta=True))
 
@@ -345,5 +346,5 @@ def test_a_checkpoint_without_a_whisper_tower_is_named(tmp_path):
 
     Qwen2ForCausalLM(Qwen2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                  intermediate_size=32, vocab_size=64)).save_pretrained(tmp_path / "lm")
-    with pytest.raises(WhisperLoadError, match="Qwen2Config checkpoint, neither Whisper nor an audio LLM"):
+    with pytest.raises(PretrainedLoadError, match="Qwen2Config checkpoint, neither Whisper nor an audio LLM"):
         WhisperEncoder(WhisperOptions(pretrained=str(tmp_path / "lm")), BuildContext(card=None))

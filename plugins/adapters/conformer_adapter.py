@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.adapters.layers import check_frames, require_frames
+from slmzoo_plugins.adapters.blocks import check_frames, require_frames
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -42,9 +42,6 @@ class ConformerAdapter(Adapter):
         )
 
         d_model = options.d_model or context.encoder_dim
-        if options.conv_kernel % 2 == 0:
-            raise ValueError(f"adapter conformer_adapter: conv_kernel must be odd ('same' padding); got "
-                             f"{options.conv_kernel}")
         if d_model % options.num_heads:
             raise ValueError(f"adapter conformer_adapter: d_model {d_model} is not divisible by "
                              f"num_heads={options.num_heads}")

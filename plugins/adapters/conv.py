@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, zero_padding
-from slmzoo_plugins.adapters.layers import check_frames, require_frames
+from slmzoo_plugins.adapters.blocks import check_frames, require_frames
 
 
 def split_stride(stride: int, layers: int) -> list[int]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.adapters.layers import MaskedTransformer, check_frames, require_frames
+from slmzoo_plugins.adapters.blocks import MaskedTransformer, check_frames, require_frames
 
 BLANK = 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask
-from slmzoo_plugins.adapters.layers import check_frames, require_frames
+from slmzoo_plugins.adapters.blocks import check_frames, require_frames
 
 DEFAULT_NUM_UNITS = 500
 

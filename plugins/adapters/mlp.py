@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, zero_padding
-from slmzoo_plugins.adapters.layers import activation, check_frames, require_frames
+from slmzoo_plugins.adapters.blocks import activation, check_frames, require_frames
 
 
 class MLPAdapter(Adapter):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.adapters.layers import check_frames, require_frames
+from slmzoo_plugins.adapters.blocks import check_frames, require_frames
 
 
 def build_qformer(options, encoder_dim: int):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slmzoo import hookimpl
-from slmzoo.registry import ComponentOptions, ComponentSpec
+from slmzoo.registry import ComponentOptions, ComponentSpec, OptionsRuleError
 
 
 class StackOptions(ComponentOptions):
@@ -18,6 +18,13 @@ class StackOptions(ComponentOptions):
     activation: Literal["gelu", "relu", "silu", "swiglu"] = Field("gelu", description="MLP activation.")
     norm: Literal["none", "layernorm", "rmsnorm"] = Field("none", description="Normalisation of the stacked frames.")
     bias: bool = Field(True, description="Biases in both Linear layers; false for Voxtral's projector.")
+
+    @model_validator(mode="after")
+    def _swiglu_splits_the_width(self):
+        if self.activation == "swiglu" and self.hidden_dim is not None and self.hidden_dim % 2:
+            raise OptionsRuleError("adapter", "hidden_dim", f"swiglu halves the hidden width, so hidden_dim must be "
+                                   f"even (got {self.hidden_dim})")
+        return self
 
 
 class LinearOptions(ComponentOptions):
@@ -94,6 +101,14 @@ class ConformerAdapterOptions(ComponentOptions):
     xscaling: bool = Field(True, description="Scale the input by sqrt(d_model), as NeMo.")
     dropout: float = Field(0.1, ge=0, le=1, description="Dropout everywhere.")
 
+    @model_validator(mode="after")
+    def _odd_kernel(self):
+        if self.conv_kernel % 2 == 0:
+            raise OptionsRuleError("adapter", "conv_kernel", f"must be odd ('same' padding); got {self.conv_kernel}")
+        if self.d_model is not None and self.d_model % self.num_heads:
+            raise OptionsRuleError("adapter", "num_heads", f"{self.num_heads} does not divide d_model {self.d_model}")
+        return self
+
 
 class CTCCompressOptions(ComponentOptions):
     """Speech-LLaMA's CTC compressor: greedy CTC runs averaged into one frame each, then a small transformer."""
@@ -158,7 +173,7 @@ def slmzoo_register_components(register):
     register(ComponentSpec(
         kind="adapter", name="avgpool",
         description="Average pooling by 2 + LayerNorm + Linear (Qwen2-Audio).",
-        options=AvgPoolOptions, factory="slmzoo_plugins.adapters.avgpool:AvgPoolAdapter",
+        options=AvgPoolOptions, factory="slmzoo_plugins.adapters.avgpool:AvgPoolAdapter", example={"pool": 2},
     ))
     register(ComponentSpec(
         kind="adapter", name="qformer",
@@ -190,3 +205,10 @@ def slmzoo_register_components(register):
         description="k-means units per frame, repeats collapsed, as new LLM tokens (SpeechGPT, VoxtLM, SPIRIT-LM).",
         options=DiscreteUnitsOptions, factory="slmzoo_plugins.adapters.discrete_units:DiscreteUnitsAdapter",
     ))
+
+
+@hookimpl
+def slmzoo_register_commands(register):
+    from slmzoo_plugins.adapters.units_cli import units_app
+
+    register("units", units_app)

@@ -13,17 +13,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, zero_padding
-
-
-class SwiGLU(nn.Module):
-    """``[..., 2H] -> [..., H]``: ``x * silu(gate)`` with ``x, gate`` the two halves, as in Ultravox."""
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x, gate = hidden.chunk(2, dim=-1)
-        return x * nn.functional.silu(gate)
-
-
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swiglu": SwiGLU}
+from slmzoo_plugins.adapters.blocks import activation, check_frames, require_frames
 
 
 class StackAdapter(Adapter):
@@ -31,9 +21,7 @@ class StackAdapter(Adapter):
 
     def __init__(self, options, context):
         super().__init__()
-        if context.encoder_layers_stacked:
-            raise ValueError("adapter stack: the encoder returns all layers [B, L, T, C] (layer: all); pick one "
-                             "layer or use layer: weighted")
+        require_frames("stack", context)
         self.k = options.k
         stacked_dim = options.k * context.encoder_dim
         hidden_dim = options.hidden_dim or context.llm_dim
@@ -43,7 +31,7 @@ class StackAdapter(Adapter):
         norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
         self.norm = norms[options.norm](stacked_dim) if options.norm in norms else nn.Identity()
         self.linear_1 = nn.Linear(stacked_dim, hidden_dim, bias=options.bias)
-        self.act = ACTIVATIONS[options.activation]()
+        self.act = activation(options.activation)
         self.linear_2 = nn.Linear(hidden_dim // 2 if options.activation == "swiglu" else hidden_dim, context.llm_dim,
                                   bias=options.bias)
         self.output_dim = context.llm_dim
@@ -53,8 +41,7 @@ class StackAdapter(Adapter):
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:
         """``hidden [B, T, C]``, ``lengths [B]`` in frames -> ``embeds [B, ceil(T / k), D]``, ``ceil(len / k)``."""
-        if hidden.dim() != 3:
-            raise ValueError(f"adapter stack: expected encoder frames [B, T, C]; got {list(hidden.shape)}")
+        check_frames("stack", hidden)
         B, T, C = hidden.shape
         hidden = zero_padding(hidden, lengths)
         pad = -T % self.k

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, zero_padding
-from slmzoo_plugins.adapters.layers import MaskedTransformer, masked_avg_pool
+from slmzoo_plugins.adapters.blocks import MaskedTransformer, masked_avg_pool
 
 
 class TLTRAdapter(Adapter):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from slmzoo.components import AdapterOutput, lengths_to_mask, zero_padding
-from slmzoo_plugins.adapters.layers import check_frames
+from slmzoo_plugins.adapters.blocks import check_frames
 from slmzoo_plugins.adapters.qformer import QFormerAdapter
 
 

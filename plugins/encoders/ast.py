@@ -28,10 +28,9 @@ import torch
 from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings
 from slmzoo_plugins.encoders.kaldi_fbank import fbank, num_frames
-from slmzoo_plugins.encoders.layers import LayerSelection
-from slmzoo_plugins.encoders.waveforms import check_waveforms
+from slmzoo_plugins.encoders.layer_selection import LayerSelection
+from slmzoo_plugins.encoders.waveforms import SAMPLING_RATE, check_waveforms
 
-SAMPLING_RATE = 16000
 FRAMES_PER_SECOND = 100  # 10 ms fbank shift
 # ASTFeatureExtractor's defaults (AudioSet statistics).
 FEATURE_DEFAULTS = dict(num_mel_bins=128, max_length=1024, do_normalize=True, mean=-4.2677393, std=4.5689974)
@@ -65,8 +64,8 @@ class ASTEncoder(Encoder):
         time_rate = FRAMES_PER_SECOND / config.time_stride
         self.frame_rate = {"patches": time_rate * self.freq_patches, "frames": time_rate,
                            "pooled": FRAMES_PER_SECOND / config.max_length}[options.output]
-        self.select = LayerSelection(options.layer, config.num_hidden_layers)
-        self.stacks_layers = self.select.stacks_layers
+        self.selection = LayerSelection(options.layer, config.num_hidden_layers)
+        self.stacks_layers = self.selection.stacks_layers
 
     def standalone_options(self) -> dict:
         return {"config": config_fields(self.model.config), "feature_extractor": dict(self.features_config)}
@@ -93,11 +92,11 @@ class ASTEncoder(Encoder):
         and ``lengths [B]`` as described in the module docstring; frames past ``lengths`` zeroed."""
         self._check(audio, lengths)
         values, frames = self.features(audio, lengths)
-        keep = self.select.needs_all_states
+        keep = self.selection.needs_all_states
         out = self.model(values.to(self.model.embeddings.cls_token.dtype), output_hidden_states=keep)
         # hidden_states[-1] is before the final layernorm; last_hidden_state (what the pooler uses) after it.
         states = list(out.hidden_states[:-1]) + [out.last_hidden_state] if keep else [out.last_hidden_state]
-        hidden = self.select(states)  # [B, 2 + f * t, C] or [B, L+1, 2 + f * t, C]
+        hidden = self.selection(states)  # [B, 2 + f * t, C] or [B, L+1, 2 + f * t, C]
         B = hidden.shape[0]
         if self.output == "pooled":
             return EncoderOutput(hidden=(hidden[..., 0:1, :] + hidden[..., 1:2, :]) / 2,

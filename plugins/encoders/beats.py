@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_to_mask
+from slmzoo.errors import PretrainedLoadError
 from slmzoo_plugins.encoders.kaldi_fbank import fbank, num_frames
-from slmzoo_plugins.encoders.layers import LayerSelection
-from slmzoo_plugins.encoders.waveforms import check_waveforms
+from slmzoo_plugins.encoders.layer_selection import LayerSelection
+from slmzoo_plugins.encoders.waveforms import SAMPLING_RATE, check_waveforms
 
-SAMPLING_RATE = 16000
 FBANK_MEAN, FBANK_STD = 15.41663, 6.55582
 NUM_MEL_BINS = 128
 
@@ -50,23 +50,19 @@ DEFAULT_CONFIG = dict(
 )
 
 
-class BEATsLoadError(ValueError):
-    pass
-
-
 def beats_config(fields: dict | None) -> dict:
     """The official defaults updated with ``fields``; unknown fields are an error (a typo would be silently unused)."""
     unknown = sorted(set(fields or {}) - set(DEFAULT_CONFIG))
     if unknown:
-        raise BEATsLoadError(f"encoder.config: unknown BEATs config field(s) {', '.join(unknown)}; "
+        raise PretrainedLoadError(f"encoder.config: unknown BEATs config field(s) {', '.join(unknown)}; "
                              f"known: {', '.join(DEFAULT_CONFIG)}")
     config = {**DEFAULT_CONFIG, **(fields or {})}
     if config["input_patch_size"] <= 0:
-        raise BEATsLoadError("encoder.config: input_patch_size must be set (16 in every released BEATs)")
+        raise PretrainedLoadError("encoder.config: input_patch_size must be set (16 in every released BEATs)")
     if config["deep_norm"] and config["layer_norm_first"]:
-        raise BEATsLoadError("encoder.config: deep_norm and layer_norm_first exclude each other (as in BEATs)")
+        raise PretrainedLoadError("encoder.config: deep_norm and layer_norm_first exclude each other (as in BEATs)")
     if config["activation_fn"] not in ("gelu", "relu"):
-        raise BEATsLoadError(f"encoder.config: activation_fn {config['activation_fn']!r} is not supported "
+        raise PretrainedLoadError(f"encoder.config: activation_fn {config['activation_fn']!r} is not supported "
                              "(gelu, relu)")
     return config
 
@@ -122,7 +118,7 @@ class BEATsAttention(nn.Module):
         dim, self.num_heads = config["encoder_embed_dim"], config["encoder_attention_heads"]
         self.head_dim = dim // self.num_heads
         if self.head_dim * self.num_heads != dim:
-            raise BEATsLoadError("encoder.config: encoder_embed_dim must be divisible by encoder_attention_heads")
+            raise PretrainedLoadError("encoder.config: encoder_embed_dim must be divisible by encoder_attention_heads")
         self.num_buckets, self.max_distance = config["num_buckets"], config["max_distance"]
         self.dropout = config["attention_dropout"]
         self.k_proj, self.v_proj, self.q_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
@@ -278,14 +274,14 @@ def _init_bert_params(module: nn.Module) -> None:
 def load_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(cfg, state_dict)`` of an official BEATs ``.pt`` (a dict with 'cfg' and 'model'); tensors only."""
     if not Path(path).is_file():
-        raise BEATsLoadError(f"encoder.pretrained: {path!r} is not a file; give the official BEATs .pt checkpoint "
+        raise PretrainedLoadError(f"encoder.pretrained: {path!r} is not a file; give the official BEATs .pt checkpoint "
                              "(e.g. BEATs_iter3_plus_AS2M.pt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise BEATsLoadError(f"encoder.pretrained: cannot read {path!r} ({error})") from None
+        raise PretrainedLoadError(f"encoder.pretrained: cannot read {path!r} ({error})") from None
     if not isinstance(checkpoint, dict) or "cfg" not in checkpoint or "model" not in checkpoint:
-        raise BEATsLoadError(f"encoder.pretrained: {path!r} is not a BEATs checkpoint (a dict with 'cfg' and 'model')")
+        raise PretrainedLoadError(f"encoder.pretrained: {path!r} is not a BEATs checkpoint (a dict with 'cfg' and 'model')")
     return dict(checkpoint["cfg"]), checkpoint["model"]
 
 
@@ -301,7 +297,7 @@ def load_strict(model: BEATsModel, state: dict[str, torch.Tensor], source: str) 
         [f"unexpected weight(s): {', '.join(unexpected)}"] if unexpected else []) + (
         [f"shape mismatch: {', '.join(wrong)}"] if wrong else [])
     if problems:
-        raise BEATsLoadError(f"encoder.pretrained {source!r} does not fit BEATs: " + "; ".join(problems))
+        raise PretrainedLoadError(f"encoder.pretrained {source!r} does not fit BEATs: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
 
 
@@ -319,7 +315,7 @@ class BEATsEncoder(Encoder):
         elif options.config is not None:
             config = beats_config(options.config)
         else:
-            raise BEATsLoadError("encoder: give pretrained (an official BEATs .pt) or an inline config")
+            raise PretrainedLoadError("encoder: give pretrained (an official BEATs .pt) or an inline config")
         self.model = BEATsModel(config)
         if state is not None and not context.from_config:
             load_strict(self.model, state, options.pretrained)
@@ -328,8 +324,8 @@ class BEATsEncoder(Encoder):
         self.min_samples = 400 + (patch - 1) * 160  # one patch needs `patch` whole 25 ms frames
         self.output_dim = config["encoder_embed_dim"]
         self.frame_rate = 100.0 / patch * (NUM_MEL_BINS // patch)  # 50.0 for 16x16 patches
-        self.select = LayerSelection(options.layer, config["encoder_layers"])
-        self.stacks_layers = self.select.stacks_layers
+        self.selection = LayerSelection(options.layer, config["encoder_layers"])
+        self.stacks_layers = self.selection.stacks_layers
 
     def standalone_options(self) -> dict:
         return {"config": dict(self.model.config)}  # the official BEATsConfig fields, complete
@@ -352,8 +348,8 @@ class BEATsEncoder(Encoder):
         self._check(audio, lengths)
         feats, frame_lengths = self.features(audio, lengths)
         states, out_lengths = self.model(feats.to(self.model.layer_norm.weight.dtype), frame_lengths,
-                                         keep_all=self.select.needs_all_states)
-        hidden = self.select(states)
+                                         keep_all=self.selection.needs_all_states)
+        hidden = self.selection(states)
         mask = lengths_to_mask(out_lengths, hidden.shape[-2]).to(hidden.dtype)
         hidden = hidden * (mask[:, None, :, None] if hidden.dim() == 4 else mask[..., None])
         return EncoderOutput(hidden=hidden, lengths=out_lengths)

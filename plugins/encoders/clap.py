@@ -54,9 +54,6 @@ class ClapEncoder(Encoder):
         from transformers import ClapAudioConfig, ClapAudioModel
         from transformers.audio_utils import mel_filter_bank
 
-        if options.layer != "last":
-            raise ValueError("encoder.layer: CLAP's Swin stages differ in width and resolution; only 'last' is "
-                             "supported")
         config = load_config(ClapAudioConfig, options.pretrained, options.config, sub_config="audio_config")
         self.model = ClapAudioModel(config)
         if options.pretrained is not None and not context.from_config:
@@ -65,7 +62,7 @@ class ClapEncoder(Encoder):
               **feature_settings(options.pretrained, options.feature_extractor, FEATURE_DEFAULTS, context)}
         fe["truncation"] = "fusion" if config.enable_fusion else "rand_trunc"
         self.fe, self.fusion = fe, config.enable_fusion
-        if fe["padding"] not in ("repeatpad", "repeat", "pad"):
+        if fe["padding"] not in ("repeatpad", "repeat", "pad"):  # from a checkpoint's preprocessor_config.json
             raise ValueError(f"encoder.feature_extractor.padding: {fe['padding']!r} (repeatpad, repeat, pad)")
         self.sampling_rate = int(fe["sampling_rate"])
         self.max_samples = int(fe["max_length_s"] * fe["sampling_rate"])

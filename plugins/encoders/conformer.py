@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from transformers import ParakeetEncoder, ParakeetEncoderConfig, Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
 
+from slmzoo.builder import context_or_default
 from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask, zero_padding
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings, load_state_strict
-from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.nemo_checkpoint import is_nemo_file, read_nemo_config, read_nemo_encoder_state
 from slmzoo_plugins.encoders.ssl import SSLEncoder
 from slmzoo_plugins.encoders.waveforms import check_waveforms
@@ -82,16 +83,13 @@ class FastConformerEncoder(Encoder):
 
     def __init__(self, options, context=None):
         super().__init__()
-        if options.normalize is not None:
-            raise ValueError(f"{self.name}: normalize applies to variant wav2vec2_conformer only; fastconformer "
-                             "normalises its log-mel features per clip as its feature extractor does")
         if is_nemo_file(options.pretrained):  # a NeMo checkpoint (canary, parakeet): its config and weights
             fields, saved = read_nemo_config(options.pretrained)
             if options.feature_extractor is not None:
                 saved = feature_settings(None, options.feature_extractor, FEATURE_KEYS)
             self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig,
                                         config={**fields, **(options.config or {})}, context=context)
-            if not getattr(context, "from_config", False):
+            if not context_or_default(context).from_config:
                 load_state_strict(self.model, read_nemo_encoder_state(options.pretrained), options.pretrained,
                                   "ParakeetEncoder")
         else:
@@ -150,9 +148,6 @@ class Wav2Vec2ConformerEncoder(SSLEncoder):
     name, model_class, config_class = "conformer", Wav2Vec2ConformerModel, Wav2Vec2ConformerConfig
 
     def __init__(self, options, context=None):
-        if options.feature_extractor is not None:
-            raise ValueError(f"{self.name}: feature_extractor applies to variant fastconformer only; "
-                             "wav2vec2_conformer reads the waveform (see normalize)")
         super().__init__(options, context)
         for layer in self.model.encoder.layers:
             layer.conv_module.depthwise_conv.__class__ = MaskedDepthwiseConv1d  # same weights, masked input

@@ -12,9 +12,10 @@ import functools
 import numpy as np
 import torch
 
+from slmzoo_plugins.encoders.waveforms import SAMPLING_RATE
+
 N_FFT = 400
 HOP_LENGTH = 160
-SAMPLING_RATE = 16000
 
 
 @functools.lru_cache(maxsize=4)

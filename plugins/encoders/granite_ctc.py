@@ -34,16 +34,16 @@ import math
 import torch
 from torch import nn
 
+from slmzoo.builder import context_or_default
 from slmzoo.components import Encoder, EncoderOutput, config_fields
 from slmzoo_plugins.encoders.hf_loading import (
-    checkpoint_tensors,
     feature_settings,
     load_config,
     load_state_strict,
     preprocessor_config,
-    under_prefix,
+    tower_tensors,
 )
-from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 # GraniteSpeechFeatureExtractor's defaults (n_mels follows the encoder's input_dim: two stacked frames).
@@ -109,16 +109,10 @@ class GraniteLogMel(nn.Module):
         return log_mel[:frames].reshape(frames // 2, 2 * self.n_mels)
 
 
-def _is_encoder_key(key: str) -> bool:
-    return key.startswith(ENCODER_PREFIXES) or key.startswith(BARE_ENCODER)
-
-
 def encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
     """``GraniteSpeechCTCEncoder`` state dict from a whole-model or a bare-encoder checkpoint (folder or hub id:
     from the hub only the shards holding encoder weights are downloaded)."""
-    tensors = checkpoint_tensors(pretrained, keep=_is_encoder_key)
-    found = under_prefix(tensors, ENCODER_PREFIXES)
-    return found if found is not None else {k: v for k, v in tensors.items() if k.startswith(BARE_ENCODER)}
+    return tower_tensors(pretrained, ENCODER_PREFIXES, BARE_ENCODER)
 
 
 def _saved_feature_settings(pretrained: str | None, context) -> dict:
@@ -139,11 +133,12 @@ class GraniteCTCEncoder(Encoder):
         super().__init__()
         from transformers import GraniteSpeechCTCEncoder, GraniteSpeechEncoderConfig
 
-        from_config = bool(getattr(context, "from_config", False))
+        context = context_or_default(context)
+        from_config = context.from_config
         source = None if from_config and options.config is not None else options.pretrained
         config = load_config(GraniteSpeechEncoderConfig, source, options.config, sub_config="encoder_config")
         self.model = GraniteSpeechCTCEncoder(config)
-        if getattr(context, "meta", False):
+        if context.meta:
             self.model.to("meta")
         elif source is not None and not from_config:
             load_state_strict(self.model, encoder_state(source), source, "GraniteSpeechCTCEncoder")

@@ -16,20 +16,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from slmzoo.errors import PretrainedLoadError
+
 if TYPE_CHECKING:
     import torch
 
 
-class PretrainedLoadError(ValueError):
-    """A checkpoint that does not fit the model exactly, or cannot be read."""
-
-
 def load_config(config_class, pretrained: str | None = None, config: dict[str, Any] | None = None,
-                sub_config: str | None = None):
+                sub_config: str | None = None, convert: Callable[[Any], Any] | None = None):
     """The model config: ``config_class(**config)``, or the checkpoint's config with ``config`` as overrides.
 
     ``sub_config`` names the attribute holding the backbone's config inside a composite checkpoint (e.g.
-    ``encoder_config`` of ``ParakeetCTCConfig``). Overrides that change shapes fail later, at loading.
+    ``encoder_config`` of ``ParakeetCTCConfig``); ``convert`` turns another checkpoint's config into the backbone's
+    (Whisper from an audio LLM's tower) or raises saying why it cannot. Overrides that change shapes fail later,
+    at loading.
     """
     if pretrained is None:
         if config is None:
@@ -43,6 +43,8 @@ def load_config(config_class, pretrained: str | None = None, config: dict[str, A
         raise PretrainedLoadError(f"encoder.pretrained: cannot read the config of {pretrained!r} ({error}); "
                                   "offline, use a local folder or an inline encoder.config") from None
     backbone = loaded if isinstance(loaded, config_class) else getattr(loaded, sub_config or "", None)
+    if not isinstance(backbone, config_class) and convert is not None:
+        backbone = convert(loaded)
     if not isinstance(backbone, config_class):
         raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} is a {type(loaded).__name__} checkpoint, "
                                   f"expected {config_class.__name__}")
@@ -88,14 +90,17 @@ def build_hf_model(model_class, config_class, *, pretrained: str | None = None,
     by the inline one (fields that change shapes then fail as shape mismatches), and an inline config alone gives
     random weights.
     """
-    from_config = bool(getattr(context, "meta", False) or not getattr(context, "load_weights", True))
+    from slmzoo.builder import context_or_default
+
+    context = context_or_default(context)
+    from_config = context.from_config
     if from_config and config is not None:
         pretrained = None
     model_config = load_config(config_class, pretrained, config, sub_config)
     if pretrained is None or from_config:
         model = model_class(model_config)
         # torch.Tensor(...) ignores the device context (HubertModel.masked_spec_embed): move what it allocated.
-        return model.to("meta") if getattr(context, "meta", False) else model
+        return model.to("meta") if context.meta else model
     return load_strict(model_class, pretrained, model_config)
 
 
@@ -104,7 +109,9 @@ def preprocessor_config(pretrained: str | None, context=None) -> dict[str, Any]:
 
     ``{}`` on meta builds too: nothing runs there, and they must not download.
     """
-    if pretrained is None or getattr(context, "meta", False):
+    from slmzoo.builder import context_or_default
+
+    if pretrained is None or context_or_default(context).meta:
         return {}
     path = Path(pretrained) / "preprocessor_config.json"
     if not Path(pretrained).is_dir():
@@ -197,8 +204,16 @@ def under_prefix(tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...]) ->
     return None
 
 
-def load_state_strict(module, state: dict[str, torch.Tensor], source: str, what: str,
-                      error_class: type[Exception] = None) -> None:
+def tower_tensors(pretrained: str, prefixes: tuple[str, ...], bare: tuple[str, ...]) -> dict[str, "torch.Tensor"]:
+    """An encoder's state dict from a checkpoint that holds it under one of ``prefixes`` (a whole model: the first
+    prefix found wins) or bare (keys starting with ``bare``). Only those tensors are read; from the hub, only the
+    shards holding them are downloaded."""
+    tensors = checkpoint_tensors(pretrained, keep=lambda key: key.startswith(prefixes + bare))
+    found = under_prefix(tensors, prefixes)
+    return found if found is not None else {k: v for k, v in tensors.items() if k.startswith(bare)}
+
+
+def load_state_strict(module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
     """``module.load_state_dict(state)`` refusing any missing, unexpected or mismatched tensor, naming each."""
     expected = module.state_dict()
     problems = [f"missing weight {k}" for k in sorted(set(expected) - set(state))]
@@ -206,6 +221,5 @@ def load_state_strict(module, state: dict[str, torch.Tensor], source: str, what:
     problems += [f"shape mismatch {k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
                  for k, v in sorted(state.items()) if k in expected and v.shape != expected[k].shape]
     if problems:
-        raise (error_class or PretrainedLoadError)(f"encoder.pretrained: {source!r} does not fit {what}: "
-                                                   + "; ".join(problems))
+        raise PretrainedLoadError(f"encoder.pretrained: {source!r} does not fit {what}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)

@@ -68,17 +68,12 @@ class MultiEncoder(Encoder):
 
     def __init__(self, options, context):
         super().__init__()
-        from slmzoo.builder import instantiate
-        from slmzoo.plugins import registry
-
         encoders = []
-        for i, block in enumerate(options.encoders):
-            spec = registry().get("encoder", block["type"])
-            sub_options = spec.options.model_validate({k: v for k, v in block.items() if k != "type"})
+        for i, (spec, sub_options) in enumerate(options.resolved_encoders()):
             if getattr(sub_options, "layer", "last") == "all":
                 raise ValueError(f"encoder.encoders[{i}].layer: 'all' (stacked layers) cannot be concatenated with "
                                  "other encoders; use 'last', an index or 'weighted'")
-            encoders.append(instantiate(spec, sub_options, context, f"encoder.encoders[{i}]"))
+            encoders.append(context.build(spec, sub_options, f"encoder.encoders[{i}]"))
         self.encoders, self.blocks = nn.ModuleList(encoders), [dict(block) for block in options.encoders]
         rates = [e.frame_rate for e in encoders]
         pick = {"first": 0, "max": max(range(len(rates)), key=rates.__getitem__),

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from slmzoo import hookimpl
 from slmzoo.lora import LoraOptions
-from slmzoo.registry import ComponentOptions, ComponentSpec
+from slmzoo.registry import ComponentSpec, EncoderOptionsBase, OptionsRuleError
 
 
-class EncoderOptions(ComponentOptions):
+class EncoderOptions(EncoderOptionsBase):
     """Options every encoder shares: which encoder states reach the adapter (survey, section 4)."""
 
     layer: Literal["last", "weighted", "all"] | int = Field(
@@ -55,6 +55,21 @@ class WhisperOptions(EncoderOptions):
         "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower).",
     )
 
+    @model_validator(mode="after")
+    def _window_options_need_the_window(self):
+        if self.pad_to_window:
+            return self
+        if self.window_attention_mask:
+            raise OptionsRuleError("encoder", "window_attention_mask", "applies with pad_to_window: true (variable "
+                                   "length always masks padding)")
+        for key, default in (("window_output", "clip"), ("long_clips", "cut")):
+            value = getattr(self, key)
+            if value != default:
+                raise OptionsRuleError("encoder", key, f"{value!r} applies with pad_to_window: true (add encoder."
+                                       f"pad_to_window: true, or remove encoder.{key}: variable length outputs the "
+                                       "clip's own frames, up to 30 s)")
+        return self
+
 
 class SSLOptions(EncoderOptions):
     """A wav2vec2-family encoder (HuBERT, WavLM, wav2vec 2.0) on raw waveforms."""
@@ -86,6 +101,18 @@ class ConformerOptions(SSLOptions):
         "win_length, preemphasis, sampling_rate); default: the checkpoint's preprocessor_config.json or the .nemo "
         "preprocessor section.",
     )
+
+    @model_validator(mode="after")
+    def _variant_options(self):
+        if self.variant == "fastconformer" and self.normalize is not None:
+            raise OptionsRuleError("encoder", "normalize", "set for variant fastconformer, but normalize applies to "
+                                   "variant wav2vec2_conformer only (fastconformer normalises its log-mel features "
+                                   "per clip as its feature extractor does)")
+        if self.variant == "wav2vec2_conformer" and self.feature_extractor is not None:
+            raise OptionsRuleError("encoder", "feature_extractor", "set for variant wav2vec2_conformer, but "
+                                   "feature_extractor applies to variant fastconformer only (wav2vec2_conformer reads "
+                                   "the waveform; see normalize)")
+        return self
 
 
 class BEATsOptions(EncoderOptions):
@@ -130,8 +157,21 @@ class ClapOptions(EncoderOptions):
         "audio embedding as one frame.",
     )
 
+    @model_validator(mode="after")
+    def _last_layer_only(self):
+        if self.layer != "last":
+            raise OptionsRuleError("encoder", "layer", "CLAP's Swin stages differ in width and resolution; only "
+                                   "'last' is supported")
+        padding = (self.feature_extractor or {}).get("padding", "repeatpad")
+        if padding not in ("repeatpad", "repeat", "pad"):
+            raise OptionsRuleError("encoder", "feature_extractor", f"padding {padding!r}: use repeatpad, repeat or pad")
+        return self
 
-class MultiOptions(ComponentOptions):
+    def sampling_rate(self) -> int:
+        return int((self.feature_extractor or {}).get("sampling_rate", 48000))
+
+
+class MultiOptions(EncoderOptionsBase):
     """Several encoders side by side; outputs aligned to one frame rate and concatenated on channels."""
 
     encoders: list[dict[str, Any]] = Field(
@@ -145,37 +185,51 @@ class MultiOptions(ComponentOptions):
         "interpolation, or averaging the frames each target frame covers.",
     )
 
+    _resolved: list = PrivateAttr(default_factory=list)  # (ComponentSpec, options) of each block, validated once
+
     @model_validator(mode="after")
     def _validate_encoders(self):
-        """Each block against its encoder's options; errors carry ``encoders.<i>.<key>`` so cards point at them."""
+        """Each block against its encoder's options (the card's own block validation); errors carry
+        ``encoders.<i>.<key>`` so cards point at them."""
         from pydantic import ValidationError
         from pydantic_core import InitErrorDetails, PydanticCustomError
 
-        from slmzoo.card.errors import did_you_mean
-        from slmzoo.plugins import registry
+        from slmzoo.card.validate import UnknownComponentError, resolve_block
 
-        errors, blocks = [], []
+        errors, blocks, resolved = [], [], []
         for i, block in enumerate(self.encoders):
-            name = block.get("type")
-            spec = registry().get("encoder", name) if isinstance(name, str) else None
-            if spec is None:
-                names = registry().names("encoder")
-                hint = did_you_mean(name, names) or f"registered: {', '.join(names)}"
-                errors.append(InitErrorDetails(type=PydanticCustomError("unknown_encoder",
-                                               f"unknown encoder {name!r} ({hint})"), loc=("encoders", i, "type"),
-                                               input=name))
-                continue
             try:
-                options = spec.options.model_validate({k: v for k, v in block.items() if k != "type"})
+                spec, options = resolve_block("encoder", block)
+            except UnknownComponentError as error:
+                errors.append(InitErrorDetails(type=PydanticCustomError("unknown_encoder", f"{error} ({error.hint})"),
+                                               loc=("encoders", i, "type"), input=error.name))
+                continue
             except ValidationError as error:  # same types (the card maps extra_forbidden, missing), longer loc
                 errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), input=e.get("input"),
                                             loc=("encoders", i, *e["loc"])) for e in error.errors()]
                 continue
+            if getattr(options, "layer", "last") == "all":
+                errors.append(InitErrorDetails(type=PydanticCustomError(
+                    "stacked_layers", f"encoder.encoders[{i}].layer: 'all' (stacked layers) cannot be concatenated "
+                    "with other encoders; use 'last', an index or 'weighted'"), loc=("encoders", i, "layer"),
+                    input="all"))
+                continue
             blocks.append({"type": spec.name, **options.model_dump(mode="json")})
+            resolved.append((spec, options))
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         self.encoders = blocks  # explicit and normalised, as the resolved card shows every other block
+        self._resolved = resolved
         return self
+
+    def resolved_encoders(self) -> list:
+        """``(ComponentSpec, options)`` of each sub-encoder, in order."""
+        return list(self._resolved)
+
+    def sampling_rate(self) -> int:
+        """The first sub-encoder's (the others get their clips resampled)."""
+        first = self._resolved[0][1] if self._resolved else None
+        return first.sampling_rate() if isinstance(first, EncoderOptionsBase) else 16000
 
 
 class GraniteCTCOptions(EncoderOptions):
@@ -192,6 +246,15 @@ class GraniteCTCOptions(EncoderOptions):
         "n_mels); default: the checkpoint's preprocessor_config.json, else 16 kHz, 512, 400, 160, input_dim / 2.")
 
 
+# Small random-weight configurations the contract-test kit (slmzoo.testing) builds encoders no tiny preset uses from.
+TINY_SSL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                conv_dim=[16, 16, 16], conv_stride=[5, 2, 2], conv_kernel=[10, 3, 2], num_conv_pos_embeddings=8,
+                num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True, layerdrop=0.0)
+TINY_BEATS = dict(input_patch_size=16, embed_dim=24, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=40,
+                  encoder_attention_heads=4, conv_pos=8, conv_pos_groups=4, relative_position_embedding=True,
+                  num_buckets=16, max_distance=64, gru_rel_pos=True, deep_norm=True)
+
+
 @hookimpl
 def slmzoo_register_components(register):
     for name, title, factory in (("hubert", "HuBERT", "HubertEncoder"), ("wavlm", "WavLM", "WavLMEncoder"),
@@ -199,6 +262,7 @@ def slmzoo_register_components(register):
         register(ComponentSpec(
             kind="encoder", name=name, options=SSLOptions, factory=f"slmzoo_plugins.encoders.ssl:{factory}",
             description=f"{title} (conv feature encoder + transformer) on raw waveforms, 50 frames/s.",
+            example={"config": TINY_SSL},
         ))
     register(ComponentSpec(
         kind="encoder", name="conformer", options=ConformerOptions, factory="slmzoo_plugins.encoders.conformer:Conformer",
@@ -212,6 +276,7 @@ def slmzoo_register_components(register):
     register(ComponentSpec(
         kind="encoder", name="beats", options=BEATsOptions, factory="slmzoo_plugins.encoders.beats:BEATsEncoder",
         description="BEATs audio encoder (Kaldi fbank + 16x16 patches + transformer), 50 tokens/s (8 per 160 ms).",
+        example={"config": TINY_BEATS},
     ))
     register(ComponentSpec(
         kind="encoder", name="ast", options=ASTOptions, factory="slmzoo_plugins.encoders.ast:ASTEncoder",

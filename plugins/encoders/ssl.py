@@ -27,7 +27,7 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Mode
 
 from slmzoo.components import Encoder, EncoderOutput, config_fields, lengths_to_mask, zero_padding
 from slmzoo_plugins.encoders.hf_loading import build_hf_model, preprocessor_config
-from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 NORM_EPSILON = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm

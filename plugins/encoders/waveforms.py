@@ -6,6 +6,8 @@ import torch
 
 from slmzoo.components import lengths_to_mask
 
+SAMPLING_RATE = 16000  # what the encoders here take, CLAP (48 kHz by default) excepted
+
 
 def check_waveforms(audio: torch.Tensor, lengths: torch.Tensor, min_samples: int, name: str,
                     sampling_rate: int = 16000, unit: str = "one frame") -> torch.Tensor:

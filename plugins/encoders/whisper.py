@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from slmzoo.components import Encoder, EncoderOutput, key_padding_bias, lengths_to_mask
+from slmzoo.errors import PretrainedLoadError
 from slmzoo_plugins.encoders.features import HOP_LENGTH, N_FFT, SAMPLING_RATE, log_mel, mel_filters
-from slmzoo_plugins.encoders.hf_loading import (PretrainedLoadError, checkpoint_tensors, load_state_strict,
-                                                 under_prefix)
-from slmzoo_plugins.encoders.layers import LayerSelection
+from slmzoo_plugins.encoders.hf_loading import load_config, load_state_strict, tower_tensors
+from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding of the centred STFT needs more than n_fft // 2 samples
@@ -51,8 +51,18 @@ TOWER_FIELDS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder
                 "max_source_positions", "activation_function", "scale_embedding")
 
 
-class WhisperLoadError(RuntimeError):
-    pass
+def _tower_config(loaded, pretrained: str):
+    """The WhisperConfig of an audio LLM whose audio tower is a Whisper encoder (Qwen2-Audio, AF3, Voxtral)."""
+    from transformers import WhisperConfig
+
+    tower = getattr(loaded, "audio_config", None)
+    if tower is None or not all(hasattr(tower, field) for field in TOWER_FIELDS):
+        raise PretrainedLoadError(f"encoder.pretrained: {pretrained!r} is a {type(loaded).__name__} checkpoint, "
+                                  "neither Whisper nor an audio LLM with a Whisper audio tower (Qwen2-Audio, Audio "
+                                  "Flamingo 3, Voxtral)")
+    fields = {field: getattr(tower, field) for field in TOWER_FIELDS}
+    return WhisperConfig(**fields, decoder_layers=1, decoder_attention_heads=fields["encoder_attention_heads"],
+                         decoder_ffn_dim=fields["encoder_ffn_dim"])
 
 
 def _config(options, from_config: bool):
@@ -60,42 +70,16 @@ def _config(options, from_config: bool):
 
     if options.config is not None and (from_config or options.pretrained is None):
         return WhisperConfig(**options.config)
-    if options.pretrained is None:
-        raise WhisperLoadError("encoder: give pretrained (hub id or folder) or an inline config")
-    from transformers import AutoConfig
-
-    try:
-        loaded = AutoConfig.from_pretrained(options.pretrained)
-    except Exception as error:
-        raise WhisperLoadError(f"encoder.pretrained: cannot read the config of {options.pretrained!r} ({error}); "
-                               "add an inline encoder.config with the published dimensions to build offline"
-                               ) from None
-    if isinstance(loaded, WhisperConfig):
-        return loaded
-    tower = getattr(loaded, "audio_config", None)  # an audio LLM whose audio tower is a Whisper encoder
-    if tower is None or not all(hasattr(tower, field) for field in TOWER_FIELDS):
-        raise WhisperLoadError(f"encoder.pretrained: {options.pretrained!r} is a {type(loaded).__name__} checkpoint, "
-                               "neither Whisper nor an audio LLM with a Whisper audio tower (Qwen2-Audio, Audio "
-                               "Flamingo 3, Voxtral)")
-    fields = {field: getattr(tower, field) for field in TOWER_FIELDS}
-    return WhisperConfig(**fields, decoder_layers=1, decoder_attention_heads=fields["encoder_attention_heads"],
-                         decoder_ffn_dim=fields["encoder_ffn_dim"])
+    return load_config(WhisperConfig, options.pretrained,
+                       convert=lambda loaded: _tower_config(loaded, options.pretrained))
 
 
 def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
     """The encoder tensors of a transformers Whisper checkpoint, or the Whisper audio tower of an audio LLM
-    checkpoint, keys relative to ``WhisperEncoder``.
-
-    Only encoder keys are read: the decoder or the LLM of a large checkpoint never leaves the disk.
-    """
-    try:
-        tensors = checkpoint_tensors(pretrained, keep=lambda key: key.startswith(ENCODER_PREFIXES + BARE_ENCODER))
-    except PretrainedLoadError as error:
-        raise WhisperLoadError(str(error)) from None
-    # WhisperForConditionalGeneration nests under model.encoder., WhisperModel under encoder., an audio LLM's tower
-    # under (model.)audio_tower., a bare encoder has none.
-    found = under_prefix(tensors, ENCODER_PREFIXES)
-    return found if found is not None else {k: v for k, v in tensors.items() if k.startswith(BARE_ENCODER)}
+    checkpoint, keys relative to ``WhisperEncoder``: ``WhisperForConditionalGeneration`` nests them under
+    ``model.encoder.``, ``WhisperModel`` under ``encoder.``, an audio LLM's tower under ``(model.)audio_tower.``, a
+    bare encoder has none. Only encoder keys are read: the decoder or the LLM never leaves the disk."""
+    return tower_tensors(pretrained, ENCODER_PREFIXES, BARE_ENCODER)
 
 
 class WhisperEncoder(Encoder):
@@ -111,18 +95,9 @@ class WhisperEncoder(Encoder):
         self.encoder = HFWhisperEncoder(config)
         if options.pretrained is not None and not context.from_config:
             load_state_strict(self.encoder, _load_encoder_state(options.pretrained), options.pretrained,
-                              "WhisperEncoder", WhisperLoadError)
+                              "WhisperEncoder")
         self.config = config
         self.pad_to_window = options.pad_to_window
-        if options.window_attention_mask and not options.pad_to_window:
-            raise ValueError("encoder.window_attention_mask: applies with pad_to_window: true (variable length "
-                             "always masks padding)")
-        for key, value, default in (("window_output", options.window_output, "clip"),
-                                    ("long_clips", options.long_clips, "cut")):
-            if value != default and not options.pad_to_window:
-                raise ValueError(f"encoder.{key}: {value!r} applies with pad_to_window: true (add encoder."
-                                 f"pad_to_window: true, or remove encoder.{key}: variable length outputs the clip's "
-                                 "own frames, up to 30 s)")
         self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
         self.window_output, self.long_clips = options.window_output, options.long_clips
         # One output frame: a mel frame (one conv frame) or, pooled, `pool` conv frames (2 * pool - 1 mel frames).
@@ -132,8 +107,8 @@ class WhisperEncoder(Encoder):
         self.num_layers = config.encoder_layers
         self.max_frames = config.max_source_positions  # 1500 output frames = 30 s
         self.window_samples = 2 * self.max_frames * HOP_LENGTH  # 480000 samples = 30 s
-        self.select = LayerSelection(options.layer, self.num_layers)
-        self.stacks_layers = self.select.stacks_layers
+        self.selection = LayerSelection(options.layer, self.num_layers)
+        self.stacks_layers = self.selection.stacks_layers
         # Not persistent: derived from num_mel_bins, never part of a checkpoint.
         self.register_buffer("mel_filters", torch.from_numpy(mel_filters(config.num_mel_bins)).float(),
                              persistent=False)
@@ -217,7 +192,7 @@ class WhisperEncoder(Encoder):
             states = self._forward_layers(mels, mel_lengths if not self.pad_to_window else None, out_lengths)
         if self.pool > 1:
             out_lengths = out_lengths // self.pool
-        hidden = self.select(states)
+        hidden = self.selection(states)
         if self.pad_to_window and self.window_output == "window":  # every frame of every window, silence included
             out_lengths = torch.full_like(out_lengths, hidden.shape[-2])
         if split:
@@ -258,7 +233,7 @@ class WhisperEncoder(Encoder):
 
     def _forward_window(self, mels: torch.Tensor) -> list[torch.Tensor]:
         """``mels [B, n_mels, 3000]`` -> hidden states through transformers' own forward (the reference)."""
-        if not self.select.needs_all_states:
+        if not self.selection.needs_all_states:
             return [self.encoder(mels).last_hidden_state]
         return list(self.encoder(mels, output_hidden_states=True).hidden_states)
 
@@ -286,7 +261,7 @@ class WhisperEncoder(Encoder):
         bias = None
         if bool((lengths < T).any()):
             bias = key_padding_bias(lengths, T, hidden.dtype).expand(-1, -1, T, -1)
-        keep = self.select.needs_all_states
+        keep = self.selection.needs_all_states
         states = [hidden] if keep else []
         for layer in enc.layers:
             if not (self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop):

@@ -14,7 +14,6 @@ decoding sees it at every step. Supports attention modules with ``q_proj``/``k_p
 from __future__ import annotations
 
 import math
-import sys
 from functools import partial
 
 import torch
@@ -22,27 +21,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from slmzoo.components import FusedInputs, Fusion
-from slmzoo_plugins.fusion.memory import (AudioMemory, audio_tag_counts, decoder_layers, drop_audio_tags, llm_dtype,
-                                          pad_memory)
+from slmzoo.fusion_utils import audio_tag_counts, drop_audio_tags
+from slmzoo_plugins.fusion.memory import AudioMemory, pad_memory
 
 
 class AdapterPromptFusion(Fusion):
     def __init__(self, options, context):
         super().__init__()
         llm = context.llm
-        layers = decoder_layers(llm)
+        layers = llm.decoder_layers()
         num_layers = len(layers) if options.num_layers is None else options.num_layers
         if num_layers > len(layers):
             raise ValueError(f"fusion.num_layers: {num_layers} but the LLM has {len(layers)} layers")
         self.attns = [self._attention(layer) for layer in layers[len(layers) - num_layers:]]  # not submodules
-        config = llm.base.config.get_text_config()
-        dim, heads = llm.hidden_size, config.num_attention_heads
-        self.num_heads, self.num_kv_heads = heads, getattr(config, "num_key_value_heads", None) or heads
+        dim, head_dim = llm.hidden_size, self.attns[0].head_dim
+        # Head counts from the projections themselves: q_proj maps to H heads, k_proj to the (grouped) KV heads.
+        heads = self.attns[0].q_proj.out_features // head_dim
+        self.num_heads, self.num_kv_heads = heads, self.attns[0].k_proj.out_features // head_dim
         self.prompts = nn.Parameter(torch.randn(num_layers, options.prompt_length, dim))  # [N, K, D]
         self.audio_proj = nn.Linear(dim, dim)
         self.gates = nn.Parameter(torch.zeros(num_layers, heads))  # zero-init attention: starts as the LLM
-        self.to(llm_dtype(llm))
+        self.to(llm.dtype)
         self.audio = AudioMemory()
+        self.rotate_queries = llm.rotate_queries  # a bound method, not a submodule: deepcopy maps it to the copy
         for j, attn in enumerate(self.attns):
             attn.register_forward_hook(partial(self._attention_hook, j), with_kwargs=True)
 
@@ -78,10 +79,7 @@ class AdapterPromptFusion(Fusion):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = attn.v_proj(prompts).view(b, k_len, -1, head_dim).transpose(1, 2)
-        rotate = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-        if position_embeddings is not None and rotate is not None:  # queries rotated as the layer's; prompts not
-            cos, sin = position_embeddings
-            q = rotate(q, q, cos, sin)[0]
+        q = self.rotate_queries(attn, q, position_embeddings)  # queries rotated as the layer's; prompts not
         k = k.repeat_interleave(self.num_heads // self.num_kv_heads, 1)  # grouped-query heads
         v = v.repeat_interleave(self.num_heads // self.num_kv_heads, 1)
         scores = q @ k.transpose(-1, -2) * getattr(attn, "scaling", 1 / math.sqrt(head_dim))  # [B, H, L, K]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from slmzoo.components import Fusion, FusedInputs
+from slmzoo.components import FusedInputs, Fusion
+from slmzoo.fusion_utils import audio_tag_counts, pad_rows
 from slmzoo.prompting import IGNORE_INDEX
 
 
@@ -20,9 +21,7 @@ class ConcatFusion(Fusion):
         """
         text_embeds = llm.embed(input_ids)
         is_audio = input_ids == llm.audio_token_id
-        num_tags = int((is_audio & attention_mask.bool()).sum())
-        if num_tags != len(audio_embeds):
-            raise ValueError(f"the batch has {num_tags} audio tags but {len(audio_embeds)} audio segments")
+        audio_tag_counts(llm, input_ids, attention_mask, len(audio_embeds))
         rows, row_labels = [], []
         next_audio = 0
         for b in range(input_ids.shape[0]):
@@ -44,22 +43,11 @@ class ConcatFusion(Fusion):
             if labels is not None:
                 label_pieces.append(labels[b, start:last])
                 row_labels.append(torch.cat(label_pieces))
-        return _pad_rows(rows, row_labels if labels is not None else None, padding_side)
+        return fused_rows(rows, row_labels if labels is not None else None, padding_side)
 
 
-def _pad_rows(rows: list[torch.Tensor], labels: list[torch.Tensor] | None, side: str) -> FusedInputs:
-    """Stack ``[L_b, D]`` rows into ``[B, L, D]`` with a mask, padding on ``side``."""
-    width = max(r.shape[0] for r in rows)
-    batch, dim = len(rows), rows[0].shape[1]
-    embeds = rows[0].new_zeros(batch, width, dim)
-    mask = torch.zeros(batch, width, dtype=torch.long, device=rows[0].device)
-    out_labels = None if labels is None else torch.full((batch, width), IGNORE_INDEX, dtype=torch.long,
-                                                         device=rows[0].device)
-    for b, row in enumerate(rows):
-        n = row.shape[0]
-        span = slice(width - n, width) if side == "left" else slice(0, n)
-        embeds[b, span] = row
-        mask[b, span] = 1
-        if out_labels is not None:
-            out_labels[b, span] = labels[b]
+def fused_rows(rows: list[torch.Tensor], labels: list[torch.Tensor] | None, side: str) -> FusedInputs:
+    """Rows of embeddings ``[L_b, D]`` (and their labels ``[L_b]``) -> one padded batch, padding on ``side``."""
+    embeds, mask = pad_rows(rows, 0, side)
+    out_labels = None if labels is None else pad_rows(labels, IGNORE_INDEX, side)[0]
     return FusedInputs(inputs_embeds=embeds, attention_mask=mask, labels=out_labels)

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from slmzoo.components import FusedInputs, Fusion
-from slmzoo_plugins.fusion.memory import (AudioMemory, FeedForward, MemoryAttention, audio_tag_counts,
-                                          drop_audio_tags, llm_dtype, pad_memory)
+from slmzoo.fusion_utils import audio_tag_counts, drop_audio_tags
+from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttention, pad_memory
 
 
 class CrossAttentionBlock(nn.Module):
@@ -40,12 +40,12 @@ class CrossAttentionFusion(Fusion):
         dim = llm.hidden_size
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, options.num_heads, options.ffn_mult)
                                     for _ in range(options.num_layers))
-        self.to(llm_dtype(llm))
+        self.to(llm.dtype)
         self.audio = AudioMemory()
-        self.is_encoder_decoder = bool(getattr(llm, "is_encoder_decoder", False))
+        self.is_encoder_decoder = llm.is_encoder_decoder
         if not self.is_encoder_decoder:
             # A bound method, not a submodule of the LLM: no shared weights, and deepcopy maps it to the copy.
-            llm.model.get_input_embeddings().register_forward_hook(self._embedding_hook)
+            llm.input_embeddings().register_forward_hook(self._embedding_hook)
 
     def release(self) -> None:
         self.audio.clear()

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from slmzoo.components import FusedInputs, Fusion
-from slmzoo_plugins.fusion.memory import (AudioMemory, FeedForward, MemoryAttention, audio_tag_counts,
-                                          decoder_layers, drop_audio_tags, llm_dtype, pad_memory)
+from slmzoo.fusion_utils import audio_tag_counts, drop_audio_tags
+from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttention, pad_memory
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -42,11 +42,11 @@ class GatedCrossAttentionFusion(Fusion):
     def __init__(self, options, context):
         super().__init__()
         llm = context.llm
-        layers = decoder_layers(llm)
+        layers = llm.decoder_layers()
         self.layer_ids = list(range(0, len(layers), options.every))
         self.blocks = nn.ModuleList(GatedCrossAttentionBlock(llm.hidden_size, options.num_heads, options.ffn_mult)
                                     for _ in self.layer_ids)
-        self.to(llm_dtype(llm))
+        self.to(llm.dtype)
         self.audio = AudioMemory()
         for block, i in zip(self.blocks, self.layer_ids):
             # partial of a bound method (not a closure), so deepcopy of the model maps it to the copies.

@@ -1,5 +1,5 @@
 """Shared pieces of the fusions that keep audio out of the token sequence and attend to it as *memory*
-(``cross_attention``, ``gated_xattn``, ``adapter_prompt``), plus re-padding helpers for ``prefix``.
+(``cross_attention``, ``gated_xattn``, ``adapter_prompt``).
 
 A memory fusion's ``fuse`` removes the audio tags (and their label positions) from the prompt, pads each
 row's clips (concatenated in tag order) into ``memory [B, M, D]`` with ``memory_mask [B, M]``, and stores
@@ -17,39 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from slmzoo.components import lengths_to_mask
-from slmzoo.prompting import IGNORE_INDEX
-
-
-def llm_dtype(llm) -> torch.dtype:
-    """The LLM's floating dtype: fusion weights are created in it so activations never change dtype."""
-    return next((p.dtype for p in llm.parameters() if p.is_floating_point()), torch.get_default_dtype())
-
-
-def audio_tag_counts(llm, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_audio: int) -> list[int]:
-    """Audio tags per row of ``input_ids [B, L]``; checks they match the ``num_audio`` clips given."""
-    counts = ((input_ids == llm.audio_token_id) & attention_mask.bool()).sum(-1).tolist()
-    if sum(counts) != num_audio:
-        raise ValueError(f"the batch has {sum(counts)} audio tags but {num_audio} audio segments")
-    return counts
-
-
-def drop_audio_tags(llm, input_ids, attention_mask, labels=None, padding_side="right"):
-    """Remove the audio tags (and their label positions) from ``input_ids [B, L]``; rows are re-padded
-    on ``padding_side`` with the pad id. Returns ``(input_ids, attention_mask, labels)``."""
-    keep = attention_mask.bool() & (input_ids != llm.audio_token_id)
-    rows = [input_ids[b][keep[b]] for b in range(input_ids.shape[0])]
-    label_rows = None if labels is None else [labels[b][keep[b]] for b in range(labels.shape[0])]
-    width = max(max(r.numel() for r in rows), 1)
-    pad_id = llm.tokenizer.pad_token_id or 0
-    ids = input_ids.new_full((len(rows), width), pad_id)
-    mask = attention_mask.new_zeros(len(rows), width)
-    new_labels = None if labels is None else labels.new_full((len(rows), width), IGNORE_INDEX)
-    for b, row in enumerate(rows):
-        span = slice(width - row.numel(), width) if padding_side == "left" else slice(0, row.numel())
-        ids[b, span], mask[b, span] = row, 1
-        if new_labels is not None:
-            new_labels[b, span] = label_rows[b]
-    return ids, mask, new_labels
 
 
 def pad_memory(audio_embeds: list[torch.Tensor], counts: list[int], dtype: torch.dtype):
@@ -132,18 +99,3 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def decoder_layers(llm) -> nn.ModuleList:
-    """The LLM's transformer blocks (the decoder's, for an encoder-decoder LLM)."""
-    base = llm.base
-    if getattr(base.config, "is_encoder_decoder", False):
-        decoder = base.get_decoder()
-        for name in ("block", "layers"):
-            if isinstance(getattr(decoder, name, None), nn.ModuleList):
-                return getattr(decoder, name)
-    num = base.config.get_text_config().num_hidden_layers
-    for module in base.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == num:
-            return module
-    raise ValueError(f"cannot find the {num} decoder layers of {type(base).__name__}")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from slmzoo.components import FusedInputs, Fusion
+from slmzoo.fusion_utils import audio_tag_counts
 from slmzoo.prompting import IGNORE_INDEX
-from slmzoo_plugins.fusion.concat import _pad_rows
-from slmzoo_plugins.fusion.memory import audio_tag_counts
+from slmzoo_plugins.fusion.concat import fused_rows
 
 
 class PrefixFusion(Fusion):
@@ -32,4 +32,4 @@ class PrefixFusion(Fusion):
             if labels is not None:
                 num_audio = sum(a.shape[0] for a in audio)
                 row_labels.append(torch.cat([labels.new_full((num_audio,), IGNORE_INDEX), labels[b][keep[b]]]))
-        return _pad_rows(rows, row_labels if labels is not None else None, padding_side)
+        return fused_rows(rows, row_labels if labels is not None else None, padding_side)

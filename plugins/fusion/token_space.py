@@ -17,7 +17,6 @@ from torch import nn
 
 from slmzoo.components import FusedInputs
 from slmzoo_plugins.fusion.concat import ConcatFusion
-from slmzoo_plugins.fusion.memory import llm_dtype
 
 
 class TokenSpaceFusion(ConcatFusion):
@@ -31,8 +30,8 @@ class TokenSpaceFusion(ConcatFusion):
             raise ValueError("fusion.num_units: give the number of discrete units (the adapter's codebook size)")
         llm = context.llm
         self.num_units = int(num_units)
-        self.unit_embeddings = nn.Embedding(self.num_units, llm.hidden_size, dtype=llm_dtype(llm))
-        table = llm.model.get_input_embeddings().weight
+        self.unit_embeddings = nn.Embedding(self.num_units, llm.hidden_size, dtype=llm.dtype)
+        table = llm.input_embeddings().weight
         if table.device.type != "meta":
             with torch.no_grad():
                 mean, std = table.mean(0), table.float().std(0).to(table.dtype)

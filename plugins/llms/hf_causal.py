@@ -1,15 +1,20 @@
-"""``hf_causal``: any transformers causal LM with its tokenizer, chat format and audio tag; LoRA via peft."""
+"""``hf_causal``: any transformers causal LM, implementing the language-model contract; LoRA via peft.
+
+The tokenizer, chat format and audio tag come from the processor the builder passes in ``context.processor``;
+this module only builds the model (from ``pretrained`` or an inline config) and exposes its parts: the input
+embeddings, the decoder layers, the backbone's hidden states and the output head. Nothing outside the LLM
+plugins touches transformers' model internals.
+"""
 
 from __future__ import annotations
 
 import warnings
 
 import torch
+from torch import nn
 
-from slmzoo.chat_templates import CHAT_FORMATS
-from slmzoo.components import LanguageModel
-from slmzoo.prompting import PromptFormatter, resolve_chat_template
-from slmzoo.tokenizer import BYTES, byte_level_tokenizer
+from slmzoo.components import LanguageModel, LMOutput
+from slmzoo.errors import PretrainedLoadError
 
 # peft calls a transformers method deprecated in v5 on every LoRA build; the warning is not ours to act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -17,85 +22,61 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class LLMLoadError(RuntimeError):
-    pass
+def cache_arguments(module: nn.Module, cache) -> dict:
+    """The KV cache as ``module.forward`` names it: ``cache`` (transformers 5.24 on), else ``past_key_values``."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
-def _load_tokenizer(options, prompt, meta: bool, specials: tuple[str, ...]):
-    source = options.tokenizer or options.pretrained
-    if source is None or source == BYTES:
-        return byte_level_tokenizer([*specials, prompt.audio_tag]), True
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
-    if meta and not Path(source).is_dir():  # a meta build only counts parameters: never reach for the hub
-        return byte_level_tokenizer([*specials, prompt.audio_tag]), True
-    try:
-        return AutoTokenizer.from_pretrained(source), False
-    except Exception as error:
-        if meta:  # a meta build only counts parameters: any tokenizer will do
-            return byte_level_tokenizer([*specials, prompt.audio_tag]), True
-        raise LLMLoadError(f"llm.tokenizer: cannot load {source!r} ({error}); offline, use a local folder or "
-                           "tokenizer: bytes (the built-in byte-level tokenizer)") from None
+def returned_cache(output):
+    return getattr(output, "cache", None) if hasattr(output, "cache") else getattr(output, "past_key_values", None)
 
 
-def _config(options, builtin_tokenizer=None):
-    """The model config; with the built-in tokenizer its vocabulary size and special ids win, since a hub
-    config's ids (GPT-2's 50256, say) mean nothing to the byte tokenizer."""
+def model_config(config: dict | None, pretrained: str | None, builtin_tokenizer=None):
+    """The transformers config: the inline ``config`` (needs ``model_type``) or the checkpoint's. With the built-in
+    tokenizer its vocabulary size and special ids win, since a hub config's ids (GPT-2's 50256, say) mean nothing
+    to the byte tokenizer."""
     from transformers import AutoConfig
 
-    if options.config is not None:
-        fields = dict(options.config)
+    if config is not None:
+        fields = dict(config)
         model_type = fields.pop("model_type", None)
         if model_type is None:
-            raise LLMLoadError("llm.config needs model_type (e.g. qwen3, llama, gpt2)")
+            raise PretrainedLoadError("llm.config needs model_type (e.g. qwen3, llama, gpt2)")
         if builtin_tokenizer is not None:
             fields.setdefault("vocab_size", len(builtin_tokenizer))
             fields.update(bos_token_id=builtin_tokenizer.bos_token_id, eos_token_id=builtin_tokenizer.eos_token_id,
                           pad_token_id=builtin_tokenizer.pad_token_id)
         return AutoConfig.for_model(model_type, **fields)
-    if options.pretrained is None:
-        raise LLMLoadError("llm: give pretrained (hub id or folder) or an inline config")
+    if pretrained is None:
+        raise PretrainedLoadError("llm: give pretrained (hub id or folder) or an inline config")
     try:
-        return AutoConfig.from_pretrained(options.pretrained)
+        return AutoConfig.from_pretrained(pretrained)
     except Exception as error:
-        raise LLMLoadError(f"llm.pretrained: cannot read the config of {options.pretrained!r} ({error}); "
-                           "add an inline llm.config with the published dimensions to build offline") from None
+        raise PretrainedLoadError(f"llm.pretrained: cannot read the config of {pretrained!r} ({error}); "
+                                  "add an inline llm.config with the published dimensions to build offline") from None
 
 
 class HFLanguageModel(LanguageModel):
-    """What every transformers-backed LLM shares: tokenizer + chat format + audio tag, the model built from
-    ``pretrained`` or an inline config, LoRA through peft. Subclasses name their Auto class and peft task."""
+    """What every transformers-backed LLM shares: the model built from ``pretrained`` or an inline config, sized
+    to the processor's tokenizer, LoRA through peft. Subclasses name their Auto class and peft task."""
 
     auto_class = "AutoModelForCausalLM"
     peft_task = "CAUSAL_LM"
-    default_chat_format: str | None = None  # None: the tokenizer's own template, chatml for the built-in one
+    applies_own_lora = True  # peft's task wrapper, not the builder's generic injection
 
     def __init__(self, options, context):
         super().__init__()
         import transformers
 
-        from slmzoo.card.schema import PromptConfig
+        if context.processor is None:  # built on its own (tests, notebooks): the processor its options imply
+            from slmzoo.processing import Processor
 
-        prompt = context.card.card.prompt if context.card is not None else PromptConfig()
-        chat_format = prompt.chat_template or self.default_chat_format
-        # The built-in tokenizer has no template of its own, so it gets chatml unless the card names one.
-        builtin_format = CHAT_FORMATS.get(chat_format or "chatml")
-        tokenizer, builtin = _load_tokenizer(options, prompt, context.meta,
-                                             builtin_format.special_tokens if builtin_format else ())
-        template, end_of_turn, specials = resolve_chat_template(chat_format, tokenizer)
-        if template is not None:
-            tokenizer.chat_template = template
-        new_tokens = [t for t in (*specials, prompt.audio_tag) if t not in tokenizer.get_vocab()]
-        if new_tokens:
-            tokenizer.add_special_tokens({"additional_special_tokens": new_tokens})
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.tokenizer = tokenizer
-        self.formatter = PromptFormatter(tokenizer, prompt, end_of_turn)
-        self.audio_token_id = tokenizer.convert_tokens_to_ids(prompt.audio_tag)
-
+            context.processor = Processor.from_options(options, meta=context.meta)
+        self.processor = processor = context.processor
+        tokenizer = processor.tokenizer
         auto = getattr(transformers, self.auto_class)
         kwargs = {"dtype": DTYPES[options.dtype]}
         if options.attn_implementation:
@@ -104,10 +85,11 @@ class HFLanguageModel(LanguageModel):
             try:
                 model = auto.from_pretrained(options.pretrained, **kwargs)
             except OSError as error:
-                raise LLMLoadError(f"llm.pretrained: cannot load {options.pretrained!r} ({error}); offline, use a "
-                                   "local folder, the tiny preset, or --meta") from None
+                raise PretrainedLoadError(f"llm.pretrained: cannot load {options.pretrained!r} ({error}); offline, "
+                                          "use a local folder, the tiny preset, or --meta") from None
         else:
-            model = auto.from_config(self.inline_config(options, tokenizer if builtin else None), **kwargs)
+            config = self.inline_config(options, tokenizer if processor.builtin_tokenizer else None)
+            model = auto.from_config(config, **kwargs)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and not context.meta:
             model.resize_token_embeddings(len(tokenizer))
         self.hidden_size = model.config.get_text_config().hidden_size
@@ -121,7 +103,7 @@ class HFLanguageModel(LanguageModel):
         self.model = model
 
     def inline_config(self, options, builtin_tokenizer):
-        return _config(options, builtin_tokenizer)
+        return model_config(options.config, options.pretrained, builtin_tokenizer)
 
     @property
     def config(self):
@@ -133,21 +115,70 @@ class HFLanguageModel(LanguageModel):
         """The underlying transformers model (inside peft's wrapper when LoRA is on)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``input_ids [B, L]`` -> ``[B, L, D]``."""
-        return self.model.get_input_embeddings()(input_ids)
+    # -- the contract -----------------------------------------------------------------------------------
+    def input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def decoder_layers(self) -> nn.ModuleList:
+        """The transformer blocks: the ``ModuleList`` of ``num_hidden_layers`` modules (the decoder's)."""
+        base = self.base
+        num = base.config.get_text_config().num_hidden_layers
+        for module in base.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == num:
+                return module
+        raise ValueError(f"cannot find the {num} decoder layers of {type(base).__name__}")
+
+    def hidden_states(self, inputs_embeds, attention_mask, position_ids=None, past_key_values=None,
+                      use_cache=False):
+        """The backbone (``base_model``, final norm included): ``[B, L, D]`` and the cache."""
+        backbone = self.base.base_model
+        out = backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=use_cache, **cache_arguments(backbone, past_key_values))
+        return out.last_hidden_state, (returned_cache(out) if use_cache else None)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output projection plus what the model's own forward does to logits (Granite divides them by
+        ``logits_scaling``, Gemma 2/3 soft-cap them, Cohere multiplies them by ``logit_scale``)."""
+        config = self.base.config.get_text_config()
+        logits = self.base.get_output_embeddings()(hidden)
+        if getattr(config, "logits_scaling", None):
+            logits = logits / config.logits_scaling
+        if config.model_type.startswith("cohere") and getattr(config, "logit_scale", None):
+            logits = logits * config.logit_scale
+        if getattr(config, "final_logit_softcapping", None):
+            cap = config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def rotate_queries(self, attention: nn.Module, queries: torch.Tensor, position_embeddings) -> torch.Tensor:
+        """Rotary models (Llama, Mistral, Qwen, Gemma) rotate queries with their modeling file's
+        ``apply_rotary_pos_emb`` and the ``(cos, sin)`` each layer receives."""
+        import sys
+
+        rotate = getattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb", None)
+        if position_embeddings is None or rotate is None:
+            return queries
+        cos, sin = position_embeddings
+        return rotate(queries, queries, cos, sin)[0]
+
+    def gradient_checkpointing_enable(self) -> bool:
+        for method in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):  # new name first
+            if hasattr(self.base, method):
+                getattr(self.base, method)()
+                return True
+        return False
 
 
 class HFCausalLM(HFLanguageModel):
-    """A transformers ``AutoModelForCausalLM`` plus tokenizer, prompt formatter and audio tag id."""
+    """A transformers ``AutoModelForCausalLM``; forward and generate are transformers' own."""
 
-    def forward(self, inputs_embeds, attention_mask, labels=None, position_ids=None, **extra):
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
-                          position_ids=position_ids, use_cache=False, **extra)
+    def forward(self, inputs_embeds, attention_mask, labels=None, position_ids=None, **extra) -> LMOutput:
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                         position_ids=position_ids, use_cache=False, **extra)
+        return LMOutput(loss=out.loss, logits=out.logits)
 
     def generate(self, inputs_embeds, attention_mask, **generation_kwargs) -> torch.Tensor:
         """Left-padded ``inputs_embeds [B, L, D]`` -> new token ids ``[B, N]`` (KV-cached decoding)."""
-        generation_kwargs.setdefault("eos_token_id", self.formatter.stop_token_ids)
-        generation_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        generation_kwargs.setdefault("eos_token_id", self.processor.stop_token_ids)
+        generation_kwargs.setdefault("pad_token_id", self.processor.pad_token_id)
         return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
-

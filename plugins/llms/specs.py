@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from slmzoo import hookimpl
 from slmzoo.lora import LoraOptions  # noqa: F401  (re-exported: LLM options use it)
-from slmzoo.registry import ComponentOptions, ComponentSpec
+from slmzoo.registry import ComponentSpec, LanguageModelOptionsBase
+from slmzoo.tokenizer import BYTES
 
 
-class HFCausalOptions(ComponentOptions):
+class HFCausalOptions(LanguageModelOptionsBase):
     """Any Hugging Face causal LM (``AutoModelForCausalLM``)."""
 
     pretrained: str | None = Field(None, description="Hub id or local folder of the LLM.")
@@ -27,13 +28,19 @@ class HFCausalOptions(ComponentOptions):
     )
     lora: LoraOptions | None = Field(None, description="LoRA adapters on the LLM; omit for none.")
 
+    def tokenizer_source(self) -> str | None:
+        source = self.tokenizer or self.pretrained
+        return None if source == BYTES else source
+
 
 class HFSeq2SeqOptions(HFCausalOptions):
     """Any Hugging Face encoder-decoder LM (``AutoModelForSeq2SeqLM``: T5, Flan-T5); same options as hf_causal.
 
     The fused prompt goes to the encoder, the response to the decoder. T5's projections are named
-    ``q``, ``k``, ``v``, ``o``: LoRA ``target_modules`` must say so.
+    ``q``, ``k``, ``v``, ``o``: LoRA ``target_modules`` must say so. T5 has no chat template: ``plain`` by default.
     """
+
+    default_chat_template: ClassVar[str | None] = "plain"
 
 
 @hookimpl

@@ -4,18 +4,19 @@ Nested mappings are flattened to dotted key paths (``llm.lora.r``); lists are co
 component whose ``type`` differs is reported once, as the whole block being replaced: option-by-option
 rows between two different components would compare unrelated things.
 
-Pure data in, data out: no torch, no plugins. ``slmzoo diff`` renders the result.
+Changes are grouped by the cards' component sections (their architectures' sections, in card order), then
+``prompt``, ``train`` and ``other``. Data in, data out: no torch. ``slmzoo diff`` renders the result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from slmzoo.card.schema import SECTION_KINDS
+from slmzoo.card.schema import component_sections
 
-#: The groups of ``slmzoo diff``, in display order; keys outside the named sections go to ``other``.
-SECTIONS = ("encoder", "adapter", "fusion", "llm", "prompt", "train", "other")
+#: The groups after the component sections, in display order; keys outside every group go to ``other``.
+TRAILING_GROUPS = ("prompt", "train", "other")
 
 
 class _Missing:
@@ -47,10 +48,7 @@ class Change:
     kind: str
     left: Any = MISSING
     right: Any = MISSING
-
-    @property
-    def section(self) -> str:
-        return section_of(self.path)
+    section: str = field(default="other", compare=False)  # the group it is shown in
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "section": self.section, "kind": self.kind}
@@ -61,9 +59,14 @@ class Change:
         return out
 
 
-def section_of(path: str) -> str:
+def groups_of(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
+    """The groups of a diff of ``a`` and ``b``: their component sections in card order, then the trailing ones."""
+    return tuple(dict.fromkeys([*component_sections(a), *component_sections(b), *TRAILING_GROUPS]))
+
+
+def section_of(path: str, groups: tuple[str, ...] = TRAILING_GROUPS) -> str:
     head = path.split(".", 1)[0]
-    return head if head in SECTIONS else "other"
+    return head if head in groups else "other"
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -80,8 +83,9 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def diff_cards(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
     """Every difference between two resolved cards, ordered by section then by key order."""
     changes: list[Change] = []
+    groups = groups_of(a, b)
     a, b = dict(a), dict(b)
-    for section in SECTION_KINDS:
+    for section in groups[:-len(TRAILING_GROUPS)]:
         block_a, block_b = a.get(section), b.get(section)
         if (isinstance(block_a, dict) and isinstance(block_b, dict)
                 and block_a.get("type") != block_b.get("type")):
@@ -89,7 +93,8 @@ def diff_cards(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
             a.pop(section)
             b.pop(section)
     _walk(a, b, "", changes)
-    order = {name: i for i, name in enumerate(SECTIONS)}
+    changes = [Change(c.path, c.kind, c.left, c.right, section_of(c.path, groups)) for c in changes]
+    order = {name: i for i, name in enumerate(groups)}
     return sorted(changes, key=lambda c: order[c.section])  # stable: key order kept within a section
 
 
@@ -115,8 +120,8 @@ def _equal(left: Any, right: Any) -> bool:
 
 
 def group(changes: list[Change]) -> dict[str, list[Change]]:
-    """Changes by section, in :data:`SECTIONS` order, empty sections left out."""
+    """Changes by section, in the order :func:`diff_cards` returned them, empty sections left out."""
     out: dict[str, list[Change]] = {}
     for change in changes:
         out.setdefault(change.section, []).append(change)
-    return {s: out[s] for s in SECTIONS if s in out}
+    return out

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from slmzoo.card.errors import CardError, CardIssue, Location, did_you_mean
-from slmzoo.card.schema import SECTION_KINDS
+from slmzoo.card.schema import component_sections
 from slmzoo.card.yaml_source import SourceMap, parse_yaml
 
 CARD_SUFFIXES = (".yaml", ".yml")
@@ -24,21 +24,41 @@ ATOMIC_KEYS = {"config"}  # component keys that presets and extends replace whol
 
 @dataclass
 class ResolvedCard:
-    """A validated card. ``data`` is the plain resolved dict; ``options`` the validated component options."""
+    """A validated card. ``data`` is the plain resolved dict (what ``show`` prints and a checkpoint stores);
+    ``options`` the validated options of each component section; ``validated`` the typed card (pydantic), whose
+    ``train`` and ``prompt`` settings are also reachable as ``card.train`` and ``card.prompt``."""
 
     data: dict[str, Any]
     source: str
     preset: str | None = None
     overrides: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # section -> ComponentOptions instance
-    card: Any = None  # slmzoo.card.schema.Card
+    validated: Any = None  # an instance of slmzoo.card.schema.card_model(architecture)
+    spec: Any = None  # the slmzoo.registry.ArchitectureSpec the card is built with
 
     @property
     def name(self) -> str:
         return self.data["name"]
 
+    @property
+    def architecture(self) -> str:
+        return self.spec.name
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The card's component sections, in card order."""
+        return self.spec.section_names
+
+    @property
+    def train(self):
+        return self.validated.train
+
+    @property
+    def prompt(self):
+        return self.validated.prompt
+
     def component(self, section: str) -> tuple[str, Any]:
-        """``(type, options)`` of ``encoder``, ``adapter``, ``fusion`` or ``llm``."""
+        """``(type, options)`` of a component section (``encoder``, ``llm``, ...)."""
         return self.data[section]["type"], self.options[section]
 
     def to_yaml(self) -> str:
@@ -87,24 +107,28 @@ def find_card(source: str | Path, relative_to: Path | None = None) -> Path:
 
 
 # -- resolving -------------------------------------------------------------------------------------
-def _merge(base: dict, override: dict, base_src: SourceMap, over_src: SourceMap, prefix: tuple = ()) -> dict:
+def _merge(base: dict, override: dict, base_src: SourceMap, over_src: SourceMap, prefix: tuple = (),
+           sections: tuple[str, ...] | None = None) -> dict:
     """Deep-merge ``override`` into ``base`` (both dicts), moving source locations along.
 
     A component block whose ``type`` changes is replaced whole: stale options of the old type must not
     leak into the new one. An inline model ``config`` is replaced whole too: a tiny preset's config must
-    not inherit, say, the full model's vocabulary size.
+    not inherit, say, the full model's vocabulary size. ``sections``: the component blocks (default: those of
+    the merged card's architecture).
     """
+    if sections is None:
+        sections = component_sections({**base, **{k: v for k, v in override.items() if k == "architecture"}})
     out = dict(base)
     for key, value in override.items():
         path = prefix + (key,)
         replace_block = (
             isinstance(value, dict) and isinstance(out.get(key), dict)
-            and len(prefix) == 0 and key in SECTION_KINDS
+            and len(prefix) == 0 and key in sections
             and "type" in value and value["type"] != out[key].get("type")
         )
-        atomic = key in ATOMIC_KEYS and len(prefix) == 1 and prefix[0] in SECTION_KINDS
+        atomic = key in ATOMIC_KEYS and len(prefix) == 1 and prefix[0] in sections
         if isinstance(value, dict) and isinstance(out.get(key), dict) and not (replace_block or atomic):
-            out[key] = _merge(out[key], value, base_src, over_src, path)
+            out[key] = _merge(out[key], value, base_src, over_src, path, sections)
             for table_b, table_o in ((base_src.keys, over_src.keys),):
                 if path in table_o:
                     table_b[path] = table_o[path]
@@ -159,7 +183,7 @@ def _drop_stale_presets(base: dict, base_source: SourceMap, child: dict) -> None
     presets = base.get("presets")
     if not isinstance(presets, dict):
         return
-    for section in SECTION_KINDS:
+    for section in component_sections({**base, **{k: v for k, v in child.items() if k == "architecture"}}):
         new, old = child.get(section), base.get(section)
         if not (isinstance(new, dict) and isinstance(old, dict) and "type" in new and new["type"] != old.get("type")):
             continue
@@ -198,7 +222,7 @@ def _apply_override(data: dict, source: SourceMap, text: str) -> None:
             node[part] = {}
         node = node[part]
     leaf = path[-1]
-    if len(path) == 2 and path[0] in SECTION_KINDS and leaf == "type" and node.get("type") != value:
+    if len(path) == 2 and path[0] in component_sections(data) and leaf == "type" and node.get("type") != value:
         node.clear()  # a new component type replaces the whole block
         source.drop(path[:1])
     node[leaf] = value
@@ -249,8 +273,9 @@ def load_card(source: str | Path | ResolvedCard, preset: str | None = None,
 
     overrides = list(overrides or [])
     data, smap, file = resolve(source, preset, overrides)
-    card, options, resolved = validate(data, smap)
-    return ResolvedCard(data=resolved, source=str(file), preset=preset, overrides=overrides, options=options, card=card)
+    validated, options, resolved, spec = validate(data, smap)
+    return ResolvedCard(data=resolved, source=str(file), preset=preset, overrides=overrides, options=options,
+                        validated=validated, spec=spec)
 
 
 def load_resolved(data: dict, source: str = "<card>") -> ResolvedCard:
@@ -258,5 +283,5 @@ def load_resolved(data: dict, source: str = "<card>") -> ResolvedCard:
     from slmzoo.card.validate import validate
 
     smap = SourceMap()
-    card, options, resolved = validate(data, smap, default_file=source)
-    return ResolvedCard(data=resolved, source=source, options=options, card=card)
+    validated, options, resolved, spec = validate(data, smap, default_file=source)
+    return ResolvedCard(data=resolved, source=source, options=options, validated=validated, spec=spec)

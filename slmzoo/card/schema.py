@@ -1,14 +1,17 @@
-"""The top-level card schema. Component blocks are ``{type: NAME, ...options}``; their options are
-validated in a second pass against the options class the component registered (see ``validate.py``).
+"""The top-level card schema. Which component blocks a card has comes from its architecture (``architecture:``,
+default ``speechlm``): :func:`card_model` builds the schema of one architecture's cards from :class:`CardBase` and
+the architecture's sections. Component blocks are ``{type: NAME, ...options}``; their options are validated in a
+second pass against the options class the component registered (see ``validate.py``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-SECTION_KINDS = {"encoder": "encoder", "adapter": "adapter", "fusion": "fusion", "llm": "llm"}
+from slmzoo.registry import DEFAULT_ARCHITECTURE, ArchitectureSpec
 
 
 class Strict(BaseModel):
@@ -84,17 +87,78 @@ class TrainConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-class Card(Strict):
+class CardBase(Strict):
+    """What every card has, whatever its architecture; the component sections are added by :func:`card_model`."""
+
     name: str
     description: str = ""
     paper: str | None = Field(None, description="URL of the paper.")
     year: int | None = None
     published_params: int | None = Field(None, description="Total parameters the paper or model card states.")
     extends: str | None = Field(None, description="A card (name or path) this one overrides.")
-    encoder: ComponentBlock
-    adapter: ComponentBlock
-    fusion: ComponentBlock = Field(default_factory=lambda: ComponentBlock(type="concat"))
-    llm: ComponentBlock
+    architecture: str = Field(DEFAULT_ARCHITECTURE, description="How the components are assembled: a registered "
+                              "architecture (slmzoo list architectures).")
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overrides; every card has tiny.")
+
+
+HEAD_FIELDS = ("name", "description", "paper", "year", "published_params", "extends", "architecture")
+
+
+@functools.lru_cache(maxsize=None)
+def card_model(architecture: ArchitectureSpec | None) -> type[CardBase]:
+    """The pydantic model of the cards of ``architecture``: :class:`CardBase` plus one ``ComponentBlock`` field
+    per section (required, or with the section's default block) and the architecture's own ``card_fields``, in
+    card order: the head fields, the sections, the architecture's fields, ``prompt``, ``train``, ``presets``.
+
+    ``None`` (an unknown architecture): the base fields only, other keys allowed, so that the rest of a card with
+    a misspelt architecture is still checked."""
+    if architecture is None:
+        return _lenient_card()
+    fields: dict[str, Any] = {}
+    for name in HEAD_FIELDS:
+        info = CardBase.model_fields[name]
+        fields[name] = (info.annotation, info)
+    for section in architecture.sections:
+        description = f"The {section.kind}" + (f": {section.description}" if section.description else "")
+        if section.required:
+            fields[section.name] = (ComponentBlock, Field(..., description=description))
+        else:
+            default = dict(section.default or {})
+            fields[section.name] = (ComponentBlock | None if not default else ComponentBlock,
+                                    Field(default_factory=lambda d=default: ComponentBlock(**d) if d else None,
+                                          description=description))
+    if architecture.card_fields is not None:
+        for name, info in architecture.card_fields.model_fields.items():
+            fields[name] = (info.annotation, info)
+    for name in ("prompt", "train", "presets"):
+        info = CardBase.model_fields[name]
+        fields[name] = (info.annotation, info)
+    title = "Card" if architecture.name == DEFAULT_ARCHITECTURE else f"Card[{architecture.name}]"
+    return create_model(title, __base__=Strict, **fields)
+
+
+@functools.lru_cache(maxsize=None)
+def _lenient_card() -> type[CardBase]:
+    class LenientCard(CardBase):
+        model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    return LenientCard
+
+
+def architecture_of(data: Any) -> ArchitectureSpec | None:
+    """The registered architecture a card dict names (``speechlm`` when it names none); ``None`` if unknown."""
+    from slmzoo.plugins import registry
+
+    name = data.get("architecture", DEFAULT_ARCHITECTURE) if isinstance(data, dict) else DEFAULT_ARCHITECTURE
+    return registry().get_architecture(name) if isinstance(name, str) else None
+
+
+def component_sections(data: Any) -> tuple[str, ...]:
+    """The keys of a card dict that hold component blocks: its architecture's sections or, for an architecture
+    nobody registered, every top-level mapping with a ``type``."""
+    spec = architecture_of(data)
+    if spec is not None:
+        return spec.section_names
+    return tuple(k for k, v in data.items() if isinstance(v, dict) and "type" in v) if isinstance(data, dict) else ()

@@ -11,8 +11,34 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from slmzoo.card.errors import CardError, CardIssue, Location, did_you_mean, dotted
-from slmzoo.card.schema import SECTION_KINDS, Card
+from slmzoo.card.schema import DEFAULT_ARCHITECTURE, card_model
 from slmzoo.card.yaml_source import YAML_BOOL_WORDS, SourceMap
+from slmzoo.registry import ComponentOptions, ComponentSpec, OptionsRuleError
+
+
+class UnknownComponentError(ValueError):
+    """A block names a component nobody registered; ``hint`` lists or suggests registered names."""
+
+    def __init__(self, kind: str, name: Any, hint: str):
+        super().__init__(f"unknown {kind} {name!r}")
+        self.kind, self.name, self.hint = kind, name, hint
+
+
+def resolve_block(kind: str, block: dict) -> tuple[ComponentSpec, ComponentOptions]:
+    """The registered component a block names (``{type: NAME, ...options}``) and its validated options.
+
+    Raises :class:`UnknownComponentError` or pydantic's ``ValidationError`` (locations relative to the block).
+    Used for card sections and for blocks nested in a component's options (a ``multi`` encoder's encoders)."""
+    from slmzoo.plugins import registry
+
+    reg = registry()
+    name = block.get("type")
+    spec = reg.get(kind, name) if isinstance(name, str) else None
+    if spec is None:
+        names = reg.names(kind)
+        raise UnknownComponentError(kind, name, did_you_mean(str(name), names) or
+                                    f"registered {kind}s: {', '.join(names) or 'none'}")
+    return spec, spec.options.model_validate({k: v for k, v in block.items() if k != "type"})
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -53,18 +79,22 @@ def _block_fields(data: Any, path: tuple, kind: str | None) -> list[str]:
 
 
 def _issues(error: ValidationError, model: type[BaseModel], prefix: tuple, smap: SourceMap,
-            default_file: str, data: Any = None) -> list[CardIssue]:
+            default_file: str, data: Any = None, kind: str | None = None) -> list[CardIssue]:
     issues = []
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        rule = (item.get("ctx") or {}).get("error")
+        if isinstance(rule, OptionsRuleError):  # a cross-field rule: point at the field it names
+            path = prefix + loc + (rule.field,)
+            issues.append(CardIssue(smap.locate(path) or Location(default_file), dotted(path), rule.reason))
+            continue
         path = prefix + loc
         kind = item["type"]
         where = smap.locate(path, prefer_key=kind == "extra_forbidden") or Location(default_file)
         hint = None
         if kind == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
-            fields = list(parent.model_fields) if parent else _block_fields(
-                data, prefix + loc[:-1], SECTION_KINDS.get(prefix[0]) if prefix else None)
+            fields = list(parent.model_fields) if parent else _block_fields(data, prefix + loc[:-1], kind)
             message = "unknown option" if prefix else "unknown key"
             hint = did_you_mean(loc[-1], fields) or (f"allowed: {', '.join(fields)}" if fields else None)
         elif kind == "missing":
@@ -79,41 +109,64 @@ def _issues(error: ValidationError, model: type[BaseModel], prefix: tuple, smap:
 
 
 def validate(data: dict, smap: SourceMap, default_file: str = "<card>"):
-    """Return ``(Card, {section: options}, resolved_dict)`` or raise :class:`CardError` with every problem."""
+    """Return ``(validated, {section: options}, resolved_dict, architecture)`` or raise :class:`CardError` with
+    every problem: the architecture first (it says which sections exist), then the card's schema, then each
+    component section against the options of the component it names."""
     from slmzoo.plugins import registry
 
     default_file = (smap.locate(()) or Location(default_file)).file
     issues: list[CardIssue] = []
-    card = None
+    name = data.get("architecture", DEFAULT_ARCHITECTURE)
+    spec = registry().get_architecture(name) if isinstance(name, str) else None
+    if spec is None and isinstance(name, str):
+        names = [a.name for a in registry().list_architectures()]
+        hint = did_you_mean(name, names) or f"registered architectures: {', '.join(names) or 'none'}"
+        issues.append(CardIssue(smap.locate(("architecture",)) or Location(default_file), "architecture",
+                                f"unknown architecture {name!r}", hint))
+    model = card_model(spec)
+    validated = None
     try:
-        card = Card.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as error:
-        issues += _issues(error, Card, (), smap, default_file)
+        issues += _issues(error, model, (), smap, default_file)
+    if spec is None:
+        raise CardError(issues)
 
-    reg = registry()
     options: dict[str, Any] = {}
     blocks: dict[str, dict] = {}
-    for section, kind in SECTION_KINDS.items():
-        block = data.get(section, {"type": "concat"} if section == "fusion" else None)
+    for section in spec.sections:
+        block = data.get(section.name, section.default)
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            continue  # already reported by the top-level schema
-        name = block["type"]
-        spec = reg.get(kind, name)
-        if spec is None:
-            names = reg.names(kind)
-            hint = did_you_mean(name, names) or f"registered {kind}s: {', '.join(names) or 'none'}"
-            issues.append(CardIssue(smap.locate((section, "type")) or Location(default_file),
-                                    f"{section}.type", f"unknown {kind} {name!r}", hint))
-            continue
+            continue  # already reported by the top-level schema (or an optional section left out)
         try:
-            options[section] = spec.options.model_validate({k: v for k, v in block.items() if k != "type"})
-            blocks[section] = {"type": spec.name, **options[section].model_dump(mode="json")}
+            component, options[section.name] = resolve_block(section.kind, block)
+            blocks[section.name] = {"type": component.name, **options[section.name].model_dump(mode="json")}
+        except UnknownComponentError as error:
+            issues.append(CardIssue(smap.locate((section.name, "type")) or Location(default_file),
+                                    f"{section.name}.type", str(error), error.hint))
         except ValidationError as error:
-            issues += _issues(error, spec.options, (section,), smap, default_file, data)
+            component = registry().get(section.kind, block["type"])
+            issues += _issues(error, component.options, (section.name,), smap, default_file, data, section.kind)
+    if validated is not None:
+        issues += _train_issues(validated.train, spec, smap, default_file)
 
     if issues:
         raise CardError(issues)
-    resolved = card.model_dump(mode="json", exclude={"presets", "extends"})
+    resolved = validated.model_dump(mode="json", exclude={"presets", "extends"})
     resolved.update(blocks)
-    ordered = {key: resolved[key] for key in Card.model_fields if key in resolved}
-    return card, options, ordered
+    resolved["architecture"] = spec.name
+    ordered = {key: resolved[key] for key in model.model_fields if key in resolved}
+    return validated, options, ordered, spec
+
+
+def _train_issues(train, spec, smap: SourceMap, default_file: str) -> list[CardIssue]:
+    """``train.lr_groups`` names optimizer groups: the architecture's sections, or ``lora``."""
+    groups = ("lora", *spec.section_names)
+    issues = []
+    for group in train.lr_groups:
+        if group not in groups:
+            path = ("train", "lr_groups", group)
+            hint = did_you_mean(group, groups) or f"groups: {', '.join(groups)}"
+            issues.append(CardIssue(smap.locate(path, prefer_key=True) or Location(default_file), dotted(path),
+                                    "unknown learning-rate group", hint))
+    return issues

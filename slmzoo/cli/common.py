@@ -16,7 +16,9 @@ import click
 import typer
 from rich.console import Console
 
+from slmzoo import saving
 from slmzoo.card.errors import CardError
+from slmzoo.catalog import human  # noqa: F401 (re-exported: commands format numbers with it)
 
 DEBUG_ENV = "SLMZOO_DEBUG"
 
@@ -60,6 +62,13 @@ def echo(text: str) -> None:
 
 def echo_json(data: Any) -> None:
     echo(json.dumps(data, indent=2, default=str))
+
+
+def escape(text: str) -> str:
+    """``text`` safe inside rich markup (card paths and values may hold brackets)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def error_line(message: str) -> None:
@@ -133,23 +142,14 @@ def handle_errors(unexpected_code: int = 1) -> Callable:
     return decorate
 
 
-# -- cards -----------------------------------------------------------------------------------------
-CARD_FILE = "card.yaml"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def is_saved_model(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / CARD_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
+# -- cards and models ------------------------------------------------------------------------------
 def card_source(arg: str) -> str:
     """A card name, a card file, or a folder holding ``card.yaml`` (a saved model): its card file."""
     path = Path(arg)
     if path.is_dir():
-        if (path / CARD_FILE).is_file():
-            return str(path / CARD_FILE)
-        raise CLIError(f"{arg}: a folder, but not a saved slmzoo model (no {CARD_FILE})")
+        if (path / saving.CARD_FILE).is_file():
+            return str(path / saving.CARD_FILE)
+        raise CLIError(f"{arg}: a folder, but not a saved slmzoo model (no {saving.CARD_FILE})")
     return arg
 
 
@@ -160,17 +160,17 @@ def load(arg: str, preset: str | None = None, sets: list[str] | None = None):
 
 
 def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
-    """A run folder (its newest complete checkpoint), a saved model / checkpoint folder, or a card; in eval mode."""
+    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder, or a card; in eval mode."""
     import slmzoo
     from slmzoo.training.checkpoints import latest_checkpoint
 
     path = Path(model)
-    if path.is_dir() and not is_saved_model(path) and (path / "checkpoints").is_dir():
+    if path.is_dir() and not saving.is_saved_model(path) and (path / "checkpoints").is_dir():
         newest = latest_checkpoint(path)
         if newest is None:
-            raise CLIError(f"{model}: a run folder without a complete checkpoint")
+            raise CLIError(f"{model}: a run folder without a complete, intact checkpoint")
         path = newest
-    if is_saved_model(path):
+    if saving.is_saved_model(path):
         if sets or preset:
             raise CLIError(f"{model} is a saved model: --preset and --set apply to cards only")
         return slmzoo.from_pretrained(path, device=device)
@@ -181,19 +181,6 @@ def load_model(model: str, preset: str | None = None, sets: list[str] | None = N
 
 
 # -- numbers ---------------------------------------------------------------------------------------
-def human(n: int | float | None) -> str:
-    """``12345678`` -> ``12.3M``; ``1720000000`` -> ``1.72B`` (three significant digits)."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            value = n / scale
-            text = f"{value:.3g}" if value < 1000 else f"{value:.0f}"
-            return text + unit
-    return f"{n:.0f}"
-
-
 def exact(n: int | None) -> str:
     return "-" if n is None else f"{int(n):,}"
 

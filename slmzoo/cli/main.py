@@ -2,7 +2,8 @@
 
 ``list``, ``show``, ``diff`` (without ``--arch``), ``schema``, ``plugins list`` and ``--help`` never import
 torch or transformers: they read cards and plugin specs only. ``build``, ``generate`` and ``diff --arch``
-import the model code when they run.
+import the model code when they run. Plugins add commands through the ``slmzoo_register_commands`` hook
+(``slmzoo units`` comes from the discrete-units plugin).
 """
 
 from __future__ import annotations
@@ -11,16 +12,70 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
+from slmzoo.cli import train_cmds
 from slmzoo.cli.common import (
-    CLIError, JsonOpt, PresetOpt, SetOpt, echo, echo_json, err, exact, handle_errors, human,
-    load, load_model, out, rate, report, debug,
+    CLIError,
+    JsonOpt,
+    PresetOpt,
+    SetOpt,
+    debug,
+    echo,
+    echo_json,
+    err,
+    exact,
+    handle_errors,
+    human,
+    load,
+    load_model,
+    out,
+    rate,
+    report,
 )
+from slmzoo.cli.common import escape as _escape
 from slmzoo.cli.plugins_cmd import plugins_app
+
+
+class PluginCommandsGroup(TyperGroup):
+    """The root command: slmzoo's own commands, then those plugins registered, looked up when asked (a plugin
+    registered or removed in-process is seen). A plugin command named like one of slmzoo's is left out."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return own + [name for name in sorted(_plugin_commands()) if name not in own]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or _plugin_command(name)
+
+
+def _plugin_commands() -> dict:
+    from slmzoo.plugins import registry
+
+    return registry().commands
+
+
+def _plugin_command(name: str) -> click.Command | None:
+    spec = _plugin_commands().get(name)
+    if spec is None:
+        return None
+    if isinstance(spec.command, typer.Typer):
+        command = typer.main.get_group(spec.command)
+    else:
+        single = typer.Typer()
+        single.command(name, help=spec.help)(spec.command)
+        command = typer.main.get_command(single)
+    command.name = name
+    if spec.help and not command.help:
+        command.help = spec.help
+    return command
+
 
 app = typer.Typer(
     name="slmzoo",
+    cls=PluginCommandsGroup,
     help="A plugin-based model zoo for speech LLMs: declarative cards, registered components.",
     no_args_is_help=True,
     add_completion=False,
@@ -28,6 +83,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(plugins_app, name="plugins")
+train_cmds.register(app)  # train, eval, plot
 
 
 def _version(value: bool) -> None:
@@ -47,88 +103,29 @@ def _root(
 
 
 # -- list ------------------------------------------------------------------------------------------
-KIND_WORDS = {
-    "encoder": "encoder", "encoders": "encoder",
-    "adapter": "adapter", "adapters": "adapter",
-    "fusion": "fusion", "fusions": "fusion",
-    "llm": "llm", "llms": "llm",
-}
+SELECTIONS = ("cards", "components", "architectures", "kinds")
 
 
-def card_rows() -> list[dict[str, Any]]:
-    """One row per registered card, read without validation (a card with problems is still listed)."""
-    from slmzoo.card.errors import CardError
-    from slmzoo.card.loader import card_index, resolve
-
-    rows = []
-    for name, path in sorted(card_index().items()):
-        row: dict[str, Any] = {"name": name, "path": str(path)}
-        try:
-            data, _, _ = resolve(path)
-        except CardError as error:
-            row["error"] = str(error.issues[0]) if error.issues else str(error)
-            rows.append(row)
-            continue
-
-        def kind(section: str, default: str | None = None) -> str | None:
-            block = data.get(section)
-            return block.get("type", default) if isinstance(block, dict) else default
-
-        llm = data.get("llm") if isinstance(data.get("llm"), dict) else {}
-        config = llm.get("config") if isinstance(llm.get("config"), dict) else {}
-        row.update({
-            "year": data.get("year"),
-            "encoder": kind("encoder"),
-            "adapter": kind("adapter"),
-            "fusion": kind("fusion", "concat"),
-            "llm": llm.get("pretrained") or config.get("model_type"),
-            "llm_type": kind("llm"),
-            "paper": data.get("paper"),
-            "published_params": data.get("published_params"),
-            "description": data.get("description", ""),
-        })
-        rows.append(row)
-    return rows
-
-
-def component_rows(kind: str | None = None, pattern: str = "*") -> list[dict[str, Any]]:
+def _selection(what: str | None) -> tuple[bool, list[str], set[str]]:
+    """``slmzoo list WHAT`` -> (show cards, component kinds to show, other tables: architectures, kinds)."""
+    from slmzoo.card.errors import did_you_mean
+    from slmzoo.catalog import kind_words
     from slmzoo.plugins import registry
 
-    return [{"kind": s.kind, "name": s.name, "aliases": list(s.aliases), "plugin": s.provider,
-             "description": s.description, "factory": s.factory}
-            for s in registry().list(kind, pattern)]
-
-
-def _md(value: Any) -> str:
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def add_sizes(rows: list[dict[str, Any]]) -> None:
-    """Fill ``params`` of each row from a meta-device build (imports torch; no weights, no memory)."""
-    from slmzoo.builder import build
-    from slmzoo.card.loader import load_card
-
-    for r in rows:
-        if "error" not in r:
-            r["params"] = build(load_card(r["path"]), meta=True).num_parameters()
-
-
-def size_text(row: dict[str, Any]) -> str:
-    """The meta-build count when computed (``--sizes``), else the published one, else blank."""
-    if row.get("params") is not None:
-        return human(row["params"])
-    return f"{human(row['published_params'])} (published)" if row.get("published_params") else ""
-
-
-def cards_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| Card | Year | Encoder | Adapter | Fusion | LLM | Size | Paper |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        paper = f"[link]({r['paper']})" if r.get("paper") else ""
-        lines.append("| " + " | ".join(_md(v) for v in (
-            r["name"], r.get("year"), r.get("encoder"), r.get("adapter"), r.get("fusion"), r.get("llm"),
-            size_text(r))) + f" | {paper} |")
-    return "\n".join(lines) + "\n"
+    kinds = registry().kind_names()
+    if what is None:
+        return True, kinds, {"architectures"}
+    if what == "cards":
+        return True, [], set()
+    if what == "components":
+        return False, kinds, set()
+    if what in ("architectures", "architecture", "kinds"):
+        return False, [], {"kinds" if what == "kinds" else "architectures"}
+    words = kind_words()
+    if what in words:
+        return False, [words[what]], set()
+    hint = did_you_mean(what, [*SELECTIONS, *words]) or ", ".join([*SELECTIONS, *sorted(words)])
+    raise CLIError(f"list: unknown selection {what!r} ({hint})")
 
 
 def _broken_footer() -> None:
@@ -145,41 +142,28 @@ def _broken_footer() -> None:
 @handle_errors()
 def list_(
     what: Annotated[Optional[str], typer.Argument(
-        help="cards, components, or one kind: encoders, adapters, fusion, llms.")] = None,
+        help="cards, components, architectures, kinds, or one kind: encoders, adapters, fusion, llms, ...")] = None,
     pattern: Annotated[str, typer.Option("--filter", "-f", help="Glob over names, e.g. 'whisper*'.")] = "*",
     json_: JsonOpt = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="The cards table as Markdown.")] = False,
     sizes: Annotated[bool, typer.Option("--sizes", help="Count every card's parameters with a meta build "
                                         "(imports torch); otherwise the size shown is the published one.")] = False,
 ) -> None:
-    """Cards and registered components. `slmzoo list cards`, `slmzoo list encoders` filter."""
+    """Cards, registered components and architectures. `slmzoo list cards`, `slmzoo list encoders` filter."""
     import fnmatch
 
-    from slmzoo.card.errors import did_you_mean
-    from slmzoo.plugins import host, registry
+    from slmzoo import catalog
+    from slmzoo.plugins import host
 
-    kinds_known = sorted({s.kind for s in registry().list()} | set(KIND_WORDS.values()))
-    words = dict(KIND_WORDS, **{k: k for k in kinds_known}, **{k + "s": k for k in kinds_known})
-    show_cards, kinds = True, list(dict.fromkeys(
-        [k for k in ("encoder", "adapter", "fusion", "llm")] + kinds_known))
-    if what is not None:
-        if what == "cards":
-            kinds = []
-        elif what == "components":
-            show_cards = False
-        elif what in words:
-            show_cards, kinds = False, [words[what]]
-        else:
-            hint = did_you_mean(what, ["cards", "components", *words]) or "cards, components, " + ", ".join(
-                sorted(KIND_WORDS))
-            raise CLIError(f"list: unknown selection {what!r} ({hint})")
+    show_cards, kinds, tables = _selection(what)
     if markdown and not show_cards:
         raise CLIError("--markdown renders the cards table: use `slmzoo list cards --markdown`")
-
-    cards = [r for r in card_rows() if fnmatch.fnmatch(r["name"], pattern)] if show_cards else []
+    cards = [r for r in catalog.card_rows() if fnmatch.fnmatch(r["name"], pattern)] if show_cards else []
     if sizes:
-        add_sizes(cards)
-    components = {k: component_rows(k, pattern) for k in kinds}
+        catalog.add_sizes(cards)
+    components = {k: catalog.component_rows(k, pattern) for k in kinds}
+    architectures = catalog.architecture_rows(pattern) if "architectures" in tables else None
+    kind_table = catalog.kind_rows() if "kinds" in tables else None
 
     if json_:
         data: dict[str, Any] = {}
@@ -187,43 +171,87 @@ def list_(
             data["cards"] = cards
         if kinds:
             data["components"] = components
+        if architectures is not None:
+            data["architectures"] = architectures
+        if kind_table is not None:
+            data["kinds"] = kind_table
         data["broken_plugins"] = [{"name": p.name, "error": p.error}
                                   for p in host().plugins.values() if p.status == "broken"]
         echo_json(data)
         return
     if markdown:
-        echo(cards_markdown(cards))
+        echo(catalog.cards_markdown(cards))
         _broken_footer()
         return
-
-    from rich.table import Table
-
     console = out()
     if show_cards:
-        table = Table(title="cards", title_justify="left", title_style="bold")
-        for column in ("card", "year", "encoder", "adapter", "fusion", "LLM", "size", "paper"):
-            table.add_column(column, overflow="fold")
-        for r in cards:
-            if "error" in r:
-                table.add_row(r["name"], "", "", "", "", "", "", f"[red]{r['error']}[/]")
-                continue
-            table.add_row(r["name"], str(r.get("year") or ""), r.get("encoder") or "", r.get("adapter") or "",
-                          r.get("fusion") or "", r.get("llm") or "", size_text(r), r.get("paper") or "")
-        console.print(table)
+        console.print(_cards_table(cards))
     for kind in kinds:
-        rows = components[kind]
-        if not rows and what is None and kind not in KIND_WORDS.values():
-            continue
-        table = Table(title=f"{kind}s" if not kind.endswith("s") else kind, title_justify="left",
-                      title_style="bold")
-        table.add_column("name")
-        table.add_column("plugin")
-        table.add_column("description", overflow="fold")
-        for r in rows:
-            name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-            table.add_row(name, r["plugin"], r["description"])
-        console.print(table)
+        if components[kind] or what is not None or kind in _builtin_kinds():
+            console.print(_components_table(kind, components[kind]))
+    if architectures is not None:
+        console.print(_architectures_table(architectures))
+    if kind_table is not None:
+        console.print(_kinds_table(kind_table))
     _broken_footer()
+
+
+def _builtin_kinds() -> set[str]:
+    from slmzoo.builtin import KINDS
+
+    return {k.name for k in KINDS}
+
+
+def _table(title: str, *columns: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _cards_table(cards: list[dict[str, Any]]):
+    from slmzoo.catalog import card_columns, shows_architecture, size_text
+
+    sections = card_columns(cards)
+    arch = shows_architecture(cards)
+    table = _table("cards", "card", "year", *(["architecture"] if arch else []),
+                   *[c.upper() if c == "llm" else c.replace("_", " ") for c in sections], "size", "paper")
+    for r in cards:
+        if "error" in r:
+            table.add_row(r["name"], *[""] * (len(table.columns) - 2), f"[red]{_escape(r['error'])}[/]")
+            continue
+        table.add_row(r["name"], str(r.get("year") or ""), *([r.get("architecture") or ""] if arch else []),
+                      *[r.get(c) or "" for c in sections], size_text(r), r.get("paper") or "")
+    return table
+
+
+def _components_table(kind: str, rows: list[dict[str, Any]]):
+    from slmzoo.plugins import registry
+
+    spec = registry().kinds.get(kind)
+    table = _table(spec.title if spec else f"{kind}s", "name", "plugin", "description")
+    for r in rows:
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        table.add_row(name, r["plugin"], r["description"])
+    return table
+
+
+def _architectures_table(rows: list[dict[str, Any]]):
+    table = _table("architectures", "name", "plugin", "sections", "description")
+    for r in rows:
+        sections = ", ".join(s["name"] + (f" ({s['kind']})" if s["kind"] != s["name"] else "")
+                             + ("" if s["required"] else "?") for s in r["sections"])
+        table.add_row(r["name"], r["plugin"], sections, r["description"])
+    return table
+
+
+def _kinds_table(rows: list[dict[str, Any]]):
+    table = _table("component kinds", "kind", "plugin", "components", "contract", "description")
+    for r in rows:
+        table.add_row(r["name"], r["plugin"] or "-", str(r["components"]), r["base"] or "-", r["description"])
+    return table
 
 
 # -- show ------------------------------------------------------------------------------------------
@@ -284,11 +312,8 @@ def _arch(resolved) -> dict[str, Any]:
     import slmzoo
 
     model = slmzoo.build(resolved, meta=True)
-    rows = model.summary()
-    total = model.num_parameters() if hasattr(model, "num_parameters") else sum(r["params"] for r in rows)
-    trainable = (model.num_parameters(trainable_only=True) if hasattr(model, "num_parameters")
-                 else sum(r["trainable"] for r in rows))
-    return {"components": rows, "params": total, "trainable": trainable,
+    return {"components": model.summary(), "params": model.num_parameters(),
+            "trainable": model.num_parameters(trainable_only=True),
             "audio_tokens_per_second": model.audio_tokens_per_second()}
 
 
@@ -349,12 +374,6 @@ def diff(
     raise typer.Exit(1 if changes else 0)
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
 def _print_arch(data: dict[str, Any], left: str, right: str) -> None:
     from rich.table import Table
 
@@ -381,13 +400,10 @@ def _print_arch(data: dict[str, Any], left: str, right: str) -> None:
 
 
 # -- build -----------------------------------------------------------------------------------------
-def summary_table(model, title: str):
+def summary_table(model, title: str, rows: list[dict[str, Any]], total: int, trainable: int):
+    """The build summary: one row per component, then the totals."""
     from rich.table import Table
 
-    rows = model.summary()
-    total = model.num_parameters() if hasattr(model, "num_parameters") else sum(r["params"] for r in rows)
-    trainable = (model.num_parameters(trainable_only=True) if hasattr(model, "num_parameters")
-                 else sum(r["trainable"] for r in rows))
     table = Table(title=title, title_justify="left", title_style="bold")
     for column, justify in (("component", "left"), ("type", "left"), ("params", "right"), ("exact", "right"),
                             ("trainable", "right"), ("output dim", "right"), ("frames/s", "right")):
@@ -398,7 +414,7 @@ def summary_table(model, title: str):
                       rate(r.get("frames_per_second")))
     table.add_section()
     table.add_row("total", "", human(total), exact(total), human(trainable), "", "", style="bold")
-    return table, rows, total, trainable
+    return table
 
 
 @app.command()
@@ -420,7 +436,8 @@ def build(
 
     model = slmzoo.build(resolved, meta=meta)
     title = f"{resolved.name}" + (f" ({resolved.preset})" if resolved.preset else "") + (" on meta" if meta else "")
-    table, rows, total, trainable = summary_table(model, title)
+    rows, total, trainable = model.summary(), model.num_parameters(), model.num_parameters(trainable_only=True)
+    table = summary_table(model, title, rows, total, trainable)
     tokens = model.audio_tokens_per_second()
     saved = None
     if out_dir is not None:
@@ -467,10 +484,6 @@ def generate(
 
 
 # -- entry point -----------------------------------------------------------------------------------
-from slmzoo.cli.train_cmds import register as _register_train_cmds  # noqa: E402
-_register_train_cmds(app)  # train, eval, plot
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``slmzoo`` and ``python -m slmzoo``)."""
     try:
@@ -487,5 +500,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-from slmzoo.cli.units_cmd import register as _register_units_cmds  # noqa: E402
-_register_units_cmds(app)  # units fit

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from slmzoo.cli.common import CLIError, JsonOpt, echo_json, err, handle_errors, out
+from slmzoo.cli.common import escape as _escape
 
 plugins_app = typer.Typer(help="Installed plugins: list, install, uninstall.", no_args_is_help=True,
                           context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,13 +35,14 @@ def plugin_rows() -> list[dict[str, Any]]:
     from slmzoo.plugins import host
 
     return [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
-             "status": p.status, "components": list(p.components), "cards": list(p.cards), "error": p.error,
+             "status": p.status, "components": list(p.components), "cards": list(p.cards),
+             "commands": list(p.commands), "error": p.error,
              "traceback": p.traceback}
             for p in sorted(host().plugins.values(), key=lambda p: p.name)]
 
 
 def _registered(row: dict[str, Any]) -> str:
-    parts = list(row["components"])
+    parts = list(row["components"]) + [f"command:{name}" for name in row.get("commands", [])]
     if row["cards"]:
         from slmzoo.card.loader import CARD_SUFFIXES
 
@@ -84,12 +86,6 @@ def list_plugins(
             if row["traceback"]:
                 console.print(f"\n[bold]{row['name']}[/]")
                 console.print(row["traceback"], markup=False, highlight=False)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 # -- install / uninstall ------------------------------------------------------------------------------

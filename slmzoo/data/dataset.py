@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from slmzoo.audio import pad_waveforms, resample
+from slmzoo.audio import resample
 from slmzoo.data.augment import augment_waveform, pick_speed
 from slmzoo.data.issues import DataError
 from slmzoo.data.manifests import PROMPT_FIELDS
-from slmzoo.prompting import IGNORE_INDEX, pad_sequences
+from slmzoo.prompting import IGNORE_INDEX
 
 
 class BadItem(Exception):
@@ -56,11 +56,12 @@ def prompt_and_response(cut) -> tuple[str | None, str | None, str]:
 class SpeechDataset(torch.utils.data.Dataset):
     """Map-style Lhotse dataset: ``dataset[(batch_index, cuts)]`` -> batch dict (see module doc)."""
 
-    def __init__(self, formatter, sampling_rate: int, max_text_tokens: int = 256, augment=None,
+    def __init__(self, processor, sampling_rate: int | None = None, max_text_tokens: int = 256, augment=None,
                  seed: int = 0, strict: bool = False):
-        self.formatter = formatter
-        self.pad_id = formatter.tokenizer.pad_token_id
-        self.sampling_rate = sampling_rate
+        """``processor``: the model's :class:`slmzoo.processing.Processor` (prompts, tokens, collation);
+        ``sampling_rate``: default the processor's."""
+        self.processor = processor
+        self.sampling_rate = sampling_rate or processor.sampling_rate
         self.max_text_tokens = max_text_tokens
         self.augment = augment
         self.seed = seed
@@ -84,13 +85,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         batch: dict[str, Any] = {"ids": ids, "issues": issues, "duration": sum(len(w) for w in waves) / self.sampling_rate}
         if not waves:
             return batch
-        audio, audio_lens = pad_waveforms(waves)
-        batch.update(
-            audio=audio, audio_lens=audio_lens,
-            input_ids=torch.tensor(pad_sequences([e.input_ids for e in encoded], self.pad_id)),
-            attention_mask=torch.tensor(pad_sequences([[1] * len(e.input_ids) for e in encoded], 0)),
-            labels=torch.tensor(pad_sequences([e.labels for e in encoded], IGNORE_INDEX)),
-        )
+        batch.update(self.processor.collate(waves, encoded))
         return batch
 
     def _example(self, cut, rng: np.random.Generator, index: int = 0):
@@ -105,7 +100,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         if aug is not None:
             wave = augment_waveform(wave, aug, self.sampling_rate, rng)
         prompt, task, response = prompt_and_response(cut)
-        enc = self.formatter.encode(self.formatter.messages(prompt, num_audio=1, task=task), response)
+        enc = self.processor.encode(prompt, num_audio=1, response=response, task=task)
         num_response = sum(1 for t in enc.labels if t != IGNORE_INDEX)
         if num_response > self.max_text_tokens:
             raise BadItem(f"response of {num_response} tokens exceeds train.max_text_tokens={self.max_text_tokens}",

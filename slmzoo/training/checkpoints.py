@@ -3,9 +3,11 @@
 A kill at any instant leaves every ``step-*`` folder complete: the rename is the commit. Old checkpoints are
 pruned only after the new one is in place, so the last good one is never deleted first.
 
-Layout of ``RUN_DIR/checkpoints/step-000300/``: what ``slmzoo.from_pretrained`` reads (``card.yaml``,
-``model.safetensors``, ``slmzoo.json``, tokenizer files) plus ``optimizer.pt``, ``scheduler.pt``,
-``rng-<rank>.pt`` and ``trainer_state.json`` (step, batches consumed, data issues).
+Layout of ``RUN_DIR/checkpoints/step-000300/``: a saved model (:mod:`slmzoo.saving`: what
+``slmzoo.from_pretrained`` reads) plus ``optimizer.pt``, ``scheduler.pt``, ``rng-<rank>.pt`` and
+``trainer_state.json`` (step, batches consumed, data issues); ``slmzoo.json``, sealed last, records the size and
+sha256 of every file, so a checkpoint damaged after it was written (a truncated copy, a flipped byte) is found and
+``--resume`` falls back to the newest intact one.
 
 Weights and optimizer state are stored whole (not sharded) and keyed by parameter name, through
 ``torch.distributed.checkpoint.state_dict``: one process, DDP and FSDP (1 and 2) runs write the same files, and a
@@ -15,6 +17,7 @@ run can resume under another world size or wrapper.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -23,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slmzoo.checkpoint import load_weights, save_weights, versions
-from slmzoo.model import CARD_FILE, COMPONENTS, INFO_FILE, TOKENIZER_DIR, WEIGHTS_FILE, _is_builtin_tokenizer
+from slmzoo import saving
+from slmzoo.saving import weight_keys  # noqa: F401 (re-exported: the loop takes the keys before wrapping)
 
+log = logging.getLogger("slmzoo.train")
 STATE_FILE = "trainer_state.json"
 PREFIX, TMP_PREFIX = "step-", ".tmp-step-"
 FROM_MODEL = object()  # save_model's default keys: ask weight_keys() of the model itself
@@ -44,34 +48,29 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
-
-
-def weight_keys(model) -> set[str] | None:
-    """Trainable tensors, plus every tensor of a component with no ``pretrained:`` source (random init,
-    as in tiny presets: it could not be rebuilt). ``None`` when that is the whole model."""
-    card = model.card.data
-    random_init = {s for s in COMPONENTS if not card[s].get("pretrained")}
-    state = model.state_dict()
-    keys = {n for n, p in model.named_parameters() if p.requires_grad}
-    keys |= {n for n in state if n.split(".", 1)[0] in random_init}
-    return None if keys >= set(state) else keys
+def latest_checkpoint(run_dir: Path, intact: bool = True) -> Path | None:
+    """The newest complete checkpoint; with ``intact``, the newest whose files all match their recorded sha256
+    (a damaged one is skipped with a warning naming the file)."""
+    for folder in reversed(complete_checkpoints(run_dir)):
+        if not intact:
+            return folder
+        try:
+            saving.verify(folder)
+        except saving.CheckpointError as error:
+            log.warning("skipping damaged checkpoint %s: %s", folder.name, error)
+            continue
+        return folder
+    return None
 
 
 def save_model(model, directory: Path, state_dict: dict | None = None, keys=FROM_MODEL) -> None:
-    """``SpeechLM.save_pretrained`` with :func:`weight_keys`: loadable by ``slmzoo.from_pretrained``.
+    """A saved model of :func:`weight_keys` (the card as trained, sources kept), without the file manifest: the
+    checkpoint seals the folder once its training state is written.
 
     ``state_dict``: the whole model's weights gathered from a sharded run; ``keys``: :func:`weight_keys` taken
     before the model was wrapped (FSDP1 renames parameters)."""
     keys = weight_keys(model) if keys is FROM_MODEL else keys
-    save_weights(model, directory / WEIGHTS_FILE, keys=keys, state_dict=state_dict)
-    (directory / CARD_FILE).write_text(model.card.to_yaml(), encoding="utf-8")
-    info = {"format": 1, "trainable_only": keys is not None, "preset": model.card.preset, "versions": versions()}
-    (directory / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    if not _is_builtin_tokenizer(model.card):
-        model.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+    saving.save_pretrained(model, directory, keys=keys, state_dict=state_dict, standalone=False, sealed=False)
 
 
 def _inner(optimizer):
@@ -151,6 +150,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer_state: dict, sche
         torch.save(rng_state(), tmp / f"rng-{rank}.pt")
         # Written last: a folder with trainer_state.json is complete even on filesystems without atomic rename.
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2), encoding="utf-8")
+        saving.seal(tmp)
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (after a resume): move the old one aside first
             old = root / f".old-{final.name}"
@@ -167,7 +167,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer_state: dict, sche
 
 
 def save_rng_other_rank(run_dir: Path, step: int, rank: int) -> None:
-    """Non-main processes of a distributed run add their RNG state after the main one committed the folder."""
+    """Non-main processes of a distributed run add their RNG state after the main one committed the folder
+    (not in the file manifest: a resume under another world size has no use for it)."""
     torch.save(rng_state(), checkpoint_dir(run_dir) / f"{PREFIX}{step:06d}" / f"rng-{rank}.pt")
 
 
@@ -182,7 +183,7 @@ def clean_temporary(run_dir: Path) -> None:
 
 def load_model_weights(folder: Path, model) -> None:
     """The checkpoint's weights into the unwrapped model: before ``accelerator.prepare`` shards it."""
-    load_weights(model, folder / WEIGHTS_FILE, strict=False)
+    saving.load_weights(model, folder, strict=False)
 
 
 def load_training_state(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from slmzoo.data import DataIssues, prompt_and_response, SpeechDataset, eval_cuts, make_loader, make_sampler, training_cuts
+from slmzoo.data import DataIssues, eval_cuts, make_loader, make_sampler, training_cuts
 from slmzoo.training import checkpoints as ckpt
 from slmzoo.training.metrics import MetricsLogger, truncate_metrics
 from slmzoo.training.optim import lr_factor, make_optimizer, make_scheduler
 
 log = logging.getLogger("slmzoo.train")
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-TENSOR_KEYS = ("audio", "audio_lens", "input_ids", "attention_mask", "labels")
 
 
 class ResumeError(RuntimeError):
@@ -45,12 +44,9 @@ class RunOptions:
     extra: dict = field(default_factory=dict)
 
 
-def _enable_gradient_checkpointing(model) -> None:
-    for module in (model.llm.base if hasattr(model.llm, "base") else None, model.encoder):
-        for method in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):  # new name first
-            if module is not None and hasattr(module, method):
-                getattr(module, method)()
-                break
+def tensors(batch: dict, device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device``; bookkeeping entries (ids, issues, duration) stay behind."""
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
 @contextlib.contextmanager
@@ -74,10 +70,9 @@ def _root_unsharded(model, sharded: bool):
             yield
 
 
-def validate(model, dataset: SpeechDataset, cuts: list, limit: int | None, batch_size: int = 32) -> dict:
-    """Loss (teacher-forced, no augmentation) and WER / CER (greedy decoding) on the validation cuts."""
-    from slmzoo.evaluation import score, transcribe
-
+def validate(model, dataset, cuts: list, limit: int | None, batch_size: int = 32) -> dict:
+    """Loss (teacher-forced, no augmentation) on the validation cuts, plus the model's own decoding metrics
+    (``decode_metrics``: greedy WER / CER for text models)."""
     cuts = cuts[:limit] if limit else cuts
     model.eval()
     total, count = 0.0, 0
@@ -86,34 +81,60 @@ def validate(model, dataset: SpeechDataset, cuts: list, limit: int | None, batch
             batch = dataset[(0, cuts[start:start + batch_size])]
             if "audio" not in batch:
                 continue
-            out = model({k: batch[k].to(model.device) for k in TENSOR_KEYS})
+            out = model(tensors(batch, model.device))
             total += float(out.loss) * out.num_tokens
             count += out.num_tokens
-    # Stop decoding a little past the longest reference: an untrained model would ramble to the limit.
-    longest = max(len(model.tokenizer(prompt_and_response(c)[2]).input_ids) for c in cuts)
-    records, _ = transcribe(model, cuts, batch_size, max_new_tokens=longest + 8)
-    metrics = score(records)
+        metrics = model.decode_metrics(cuts, batch_size)
     model.train()
-    return {"val_loss": total / max(count, 1), "val_wer": metrics["wer"], "val_cer": metrics["cer"]}
+    return {"val_loss": total / max(count, 1), **metrics}
 
 
-def train(card, options: RunOptions) -> dict:
-    """Train ``card`` (a ResolvedCard) into ``options.out``; returns a summary of the run."""
+@dataclass
+class Run:
+    """A training run once set up: the prepared model and optimizer, the data, and where it stands."""
+
+    cfg: object  # the card's TrainConfig
+    options: RunOptions
+    accelerator: object
+    model: torch.nn.Module  # as prepared by Accelerate (wrapped under DDP / FSDP)
+    raw: torch.nn.Module  # the unwrapped model
+    optimizer: object
+    scheduler: object
+    saved_keys: set[str] | None  # weight names a checkpoint keeps, taken before wrapping
+    issues: DataIssues
+    batches: object  # iterator over training batches
+    val_cuts: list | None
+    val_set: object
+    logger: MetricsLogger
+    sharded: bool
+    step: int = 0
+    consumed: int = 0  # batches drawn from the loader, bad ones included (resume skips as many)
+    total_audio: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def out(self) -> Path:
+        return Path(self.options.out)
+
+
+def setup(card, options: RunOptions) -> Run:
+    """Accelerator, model (resumed weights loaded before wrapping), optimizer, scheduler, data and logger."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, set_seed
 
     from slmzoo.builder import build
 
-    cfg = card.card.train
-    out = Path(options.out)
-    from accelerate.state import AcceleratorState
-
+    cfg, out = card.train, Path(options.out)
     # A second run in one process (tests, notebooks) may change the precision; the state is a singleton.
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=PRECISION[cfg.precision], gradient_accumulation_steps=cfg.grad_accum)
     is_main, rank = accelerator.is_main_process, accelerator.process_index
     resume_from = ckpt.latest_checkpoint(out) if options.resume else None
-    if not options.resume and ckpt.latest_checkpoint(out) is not None:
+    if not options.resume and ckpt.latest_checkpoint(out, intact=False) is not None:
         raise ResumeError(f"{out} already has checkpoints; pass --resume to continue it, or choose another --out")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,118 +145,151 @@ def train(card, options: RunOptions) -> dict:
     if resume_from is not None:  # into the whole model, before FSDP shards it
         ckpt.load_model_weights(resume_from, model)
     if cfg.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+        model.enable_gradient_checkpointing()
     model.train()
     saved_keys = ckpt.weight_keys(model)  # names before wrapping: FSDP1 renames parameters
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-    # A sharded model runs forward only with every rank taking part: then all ranks validate (the same cuts).
-    sharded = accelerator.distributed_type == DistributedType.FSDP
+    prepared, optimizer = accelerator.prepare(model, optimizer)
     log.info("accelerate: %s, %d process(es), device %s, precision %s", accelerator.distributed_type.value,
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
     issues = DataIssues(strict=options.strict)
     step, consumed = 0, 0
     if resume_from is not None:
-        state = ckpt.load_training_state(resume_from, model, optimizer, scheduler, rank)
+        state = ckpt.load_training_state(resume_from, prepared, optimizer, scheduler, rank)
         step, consumed = state["step"], state["batches_consumed"]
         issues.counts.update(state.get("issues", {}))
         log.info("resumed from %s (step %d, %d batches consumed)", resume_from, step, consumed)
     elif options.resume:
-        log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
+        log.info("--resume: no intact checkpoint in %s yet, starting from scratch", out)
     if is_main:
         truncate_metrics(out, step)
-    logger = MetricsLogger(out, start_step=step, enabled=is_main)
 
-    dataset = SpeechDataset(raw.formatter, raw.sampling_rate, cfg.max_text_tokens, cfg.augment, cfg.seed,
-                            options.strict)
     sampler = make_sampler(training_cuts(options.train, issues, cfg.seed), cfg.max_duration, options.bucketing,
                            cfg.num_buckets, shuffle=True, seed=cfg.seed, world_size=accelerator.num_processes,
                            rank=rank)
+    dataset = model.training_dataset(cfg, augment=True, strict=options.strict)
     batches = iter(make_loader(dataset, sampler, skip=consumed, num_workers=cfg.num_workers, seed=cfg.seed))
     val_cuts = eval_cuts(options.val, DataIssues(strict=options.strict)) if options.val else None
-    val_set = SpeechDataset(raw.formatter, raw.sampling_rate, cfg.max_text_tokens, None, cfg.seed, options.strict)
+    return Run(cfg=cfg, options=options, accelerator=accelerator, model=prepared, raw=accelerator.unwrap_model(prepared),
+               optimizer=optimizer, scheduler=scheduler, saved_keys=saved_keys, issues=issues, batches=batches,
+               val_cuts=val_cuts, val_set=model.training_dataset(cfg, augment=False, strict=options.strict),
+               logger=MetricsLogger(out, start_step=step, enabled=is_main),
+               # A sharded model runs forward only with every rank taking part: then all ranks validate.
+               sharded=accelerator.distributed_type == DistributedType.FSDP, step=step, consumed=consumed)
 
-    def next_batch():
-        nonlocal consumed
-        while True:
-            batch = next(batches)
-            consumed += 1
-            issues.merge(batch["issues"])
-            if "audio" in batch:
-                return batch
 
-    def save():
-        state = {"batches_consumed": consumed, "issues": dict(issues.counts)}
-        accelerator.wait_for_everyone()
-        weights = accelerator.get_state_dict(model)  # collective: gathers FSDP shards onto the main process
-        # Collective under FSDP; otherwise the main process alone copies the optimizer state out.
-        optimizer_state = ckpt.optimizer_state(model, optimizer) if sharded or is_main else None
-        folder = ckpt.save_checkpoint(out, step, raw, optimizer_state, scheduler, state, cfg.keep_last, rank,
-                                      is_main, weights=weights, keys=saved_keys)
-        accelerator.wait_for_everyone()
-        if not is_main:
-            ckpt.save_rng_other_rank(out, step, rank)
-        return folder
+def _next_batch(run: Run) -> dict:
+    """The next batch with audio (a batch whose every item was bad is counted and skipped)."""
+    while True:
+        batch = next(run.batches)
+        run.consumed += 1
+        run.issues.merge(batch["issues"])
+        if "audio" in batch:
+            return batch
 
-    progress = _Progress(cfg.max_steps, step, enabled=options.progress and is_main)
-    params = [p for p in model.parameters() if p.requires_grad]
-    start_time, window = time.perf_counter(), {"loss": 0.0, "n": 0, "audio": 0.0, "t": time.perf_counter()}
-    total_audio = 0.0
+
+def train_step(run: Run, params: list) -> dict:
+    """One optimizer step over ``train.grad_accum`` batches: clipping, AdamW, scheduler. Returns the step's mean
+    loss (over processes), its gradient norm, learning rate and seconds of audio."""
+    cfg, accelerator = run.cfg, run.accelerator
+    lr = cfg.lr * lr_factor(run.step, cfg.warmup_steps, cfg.max_steps, cfg.schedule)
+    step_loss, grad_norm, step_audio = 0.0, None, 0.0
+    for _ in range(cfg.grad_accum):
+        batch = _next_batch(run)
+        step_audio += batch["duration"]
+        with accelerator.accumulate(run.model):
+            loss = run.model(tensors(batch, accelerator.device)).loss
+            if not torch.isfinite(loss):
+                # A bad batch must not poison the weights: skip its update, count it, keep going.
+                run.issues.report(",".join(batch["ids"][:3]), "non-finite loss", "nan_loss")
+                loss = loss.nan_to_num(0.0) * 0.0
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip:
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        step_loss += float(loss.detach()) / cfg.grad_accum
+    run.scheduler.step()
+    run.step += 1
+    run.total_audio += step_audio
+    step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean"))
+    return {"loss": step_loss, "grad_norm": None if grad_norm is None else float(grad_norm), "lr": lr,
+            "audio": step_audio}
+
+
+def save(run: Run) -> Path:
+    """A checkpoint of the current step (collective: every process calls it)."""
+    accelerator = run.accelerator
+    state = {"batches_consumed": run.consumed, "issues": dict(run.issues.counts)}
+    accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(run.model)  # collective: gathers FSDP shards onto the main process
+    # Collective under FSDP; otherwise the main process alone copies the optimizer state out.
+    optimizer_state = ckpt.optimizer_state(run.model, run.optimizer) if run.sharded or run.is_main else None
+    folder = ckpt.save_checkpoint(run.out, run.step, run.raw, optimizer_state, run.scheduler, state, run.cfg.keep_last,
+                                  accelerator.process_index, run.is_main, weights=weights, keys=run.saved_keys)
+    accelerator.wait_for_everyone()
+    if not run.is_main:
+        ckpt.save_rng_other_rank(run.out, run.step, accelerator.process_index)
+    return folder
+
+
+class _Window:
+    """Loss and audio seconds since the last log row."""
+
+    def __init__(self):
+        self.loss, self.n, self.audio, self.start = 0.0, 0, 0.0, time.perf_counter()
+
+    def add(self, stats: dict) -> None:
+        self.loss += stats["loss"]
+        self.n += 1
+        self.audio += stats["audio"]
+
+
+def periodic(run: Run, stats: dict, window: _Window, start_time: float, progress: "_Progress") -> _Window:
+    """After a step: log every ``log_every`` steps, validate every ``eval_every``, checkpoint every
+    ``checkpoint_every`` (and all three at the last step). Returns the log window to continue with."""
+    cfg, step, last = run.cfg, run.step, run.step == run.cfg.max_steps
+    window.add(stats)
+    progress.update(step, stats["loss"], stats["lr"], run.total_audio / max(time.perf_counter() - start_time, 1e-9))
+    if step % cfg.log_every == 0 or last:
+        now = time.perf_counter()
+        run.logger.log({"step": step, "loss": window.loss / window.n, "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+                        "audio_sec_per_sec": window.audio / max(now - window.start, 1e-9),
+                        "elapsed": now - start_time, "skipped": run.issues.total})
+        window = _Window()
+    if run.val_cuts and cfg.eval_every and (step % cfg.eval_every == 0 or last):
+        if run.is_main or run.sharded:
+            with _root_unsharded(run.model, run.sharded):
+                row = {"step": step, **validate(run.raw, run.val_set, run.val_cuts, run.options.val_limit)}
+            run.logger.log(row)  # the main process's logger alone writes
+            if run.is_main:
+                progress.note(f"step {step}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()
+                                                           if k != "step" and isinstance(v, float)))
+        run.accelerator.wait_for_everyone()
+    if step % cfg.checkpoint_every == 0 or last:
+        save(run)
+    return window
+
+
+def train(card, options: RunOptions) -> dict:
+    """Train ``card`` (a ResolvedCard) into ``options.out``; returns a summary of the run."""
+    run = setup(card, options)
+    progress = _Progress(run.cfg.max_steps, run.step, enabled=options.progress and run.is_main)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    start_time, window = time.perf_counter(), _Window()
     try:
-        while step < cfg.max_steps:
-            lr = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.max_steps, cfg.schedule)
-            step_loss, grad_norm, step_audio = 0.0, None, 0.0
-            for _ in range(cfg.grad_accum):
-                batch = next_batch()
-                step_audio += batch["duration"]
-                with accelerator.accumulate(model):
-                    loss = model({k: batch[k].to(accelerator.device) for k in TENSOR_KEYS}).loss
-                    if not torch.isfinite(loss):
-                        # A bad batch must not poison the weights: skip its update, count it, keep going.
-                        issues.report(",".join(batch["ids"][:3]), "non-finite loss", "nan_loss")
-                        loss = loss.nan_to_num(0.0) * 0.0
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.grad_clip:
-                        grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += float(loss.detach()) / cfg.grad_accum
-            scheduler.step()
-            step += 1
-            step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean"))
-            window["loss"] += step_loss
-            window["n"] += 1
-            window["audio"] += step_audio
-            total_audio += step_audio
-            progress.update(step, step_loss, lr, total_audio / max(time.perf_counter() - start_time, 1e-9))
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                now = time.perf_counter()
-                row = {"step": step, "loss": window["loss"] / window["n"], "lr": lr,
-                       "grad_norm": None if grad_norm is None else float(grad_norm),
-                       "audio_sec_per_sec": window["audio"] / max(now - window["t"], 1e-9),
-                       "elapsed": now - start_time, "skipped": issues.total}
-                logger.log(row)
-                window = {"loss": 0.0, "n": 0, "audio": 0.0, "t": now}
-            if val_cuts and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                if is_main or sharded:
-                    with _root_unsharded(model, sharded):
-                        row = {"step": step, **validate(raw, val_set, val_cuts, options.val_limit)}
-                    logger.log(row)  # the main process's logger alone writes
-                    if is_main:
-                        progress.note(f"step {step}: val_loss {row['val_loss']:.3f} val_wer {row['val_wer']:.3f}")
-                accelerator.wait_for_everyone()
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                save()
+        while run.step < run.cfg.max_steps:
+            window = periodic(run, train_step(run, params), window, start_time, progress)
     finally:
         progress.close()
-        logger.close()
-    if issues.total:
-        log.warning("skipped %d bad item(s): %s", issues.total, dict(issues.counts))
-    return {"step": step, "checkpoint": str(ckpt.latest_checkpoint(out)), "issues": issues.summary(),
-            "wall_seconds": time.perf_counter() - start_time, "audio_seconds": total_audio, "is_main": is_main}
+        run.logger.close()
+    if run.issues.total:
+        log.warning("skipped %d bad item(s): %s", run.issues.total, dict(run.issues.counts))
+    return {"step": run.step, "checkpoint": str(ckpt.latest_checkpoint(run.out)), "issues": run.issues.summary(),
+            "wall_seconds": time.perf_counter() - start_time, "audio_seconds": run.total_audio,
+            "is_main": run.is_main}
 
 
 class _Progress:

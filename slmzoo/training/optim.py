@@ -6,24 +6,25 @@ import math
 
 import torch
 
-GROUPS = ("lora", "encoder", "adapter", "fusion", "llm")  # lora first: LoRA weights live inside the llm
+LORA = "lora"  # LoRA weights form a group of their own, whichever component they live in
 
 
 def group_of(name: str) -> str:
-    """``"llm.model.base_model...lora_A.default.weight"`` -> ``"lora"``; otherwise the component prefix."""
+    """``"llm.model.base_model...lora_A.default.weight"`` -> ``"lora"``; otherwise the section prefix."""
     if "lora_" in name:
-        return "lora"
+        return LORA
     return name.split(".", 1)[0]
 
 
 def param_groups(model: torch.nn.Module, train) -> list[dict]:
-    """Trainable parameters grouped by component; ``train.lr_groups`` overrides ``train.lr`` per group.
-
-    Biases and norm weights (1-D tensors) get no weight decay, as usual for transformers.
+    """Trainable parameters grouped by section (``lora`` apart); ``train.lr_groups`` overrides ``train.lr`` per
+    group. Biases and norm weights (1-D tensors) get no weight decay, as usual for transformers.
     """
-    unknown = set(train.lr_groups) - set(GROUPS)
+    groups_known = (LORA, *model.sections)
+    unknown = set(train.lr_groups) - set(groups_known)
     if unknown:
-        raise ValueError(f"train.lr_groups: unknown group(s) {', '.join(sorted(unknown))}; use {', '.join(GROUPS)}")
+        raise ValueError(f"train.lr_groups: unknown group(s) {', '.join(sorted(unknown))}; "
+                         f"use {', '.join(groups_known)}")
     buckets: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:

@@ -34,6 +34,8 @@ class MeanPoolAdapter(Adapter):
         return input_frame_rate / self.window
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:
+        if hidden.dim() != 3:  # slmzoo.testing checks that bad input is refused, naming it
+            raise ValueError(f"adapter mean_pool: expected encoder frames [B, T, C]; got {list(hidden.shape)}")
         batch, frames, channels = hidden.shape
         k = self.window
         pad = (-frames) % k

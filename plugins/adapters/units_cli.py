@@ -1,4 +1,8 @@
-"""``slmzoo units fit``: fit the k-means codebook of a token-mapping (``discrete_units``) card."""
+"""``slmzoo units fit``: fit the k-means codebook of a token-mapping (``discrete_units``) card.
+
+The discrete-units plugin adds this command through the ``slmzoo_register_commands`` hook; the module imports no
+torch (``slmzoo --help`` imports it), the fitting code is imported when the command runs.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ def fit(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the card's encoder over DATA, fit k-means, save the centroids to --out."""
-    from slmzoo.units import fit_units
+    from slmzoo_plugins.adapters.units import fit_units
 
     summary = fit_units(load(card, preset, sets), data, out_file, num_units=num_units,
                         max_utterances=max_utterances, iters=iters, seed=seed)
@@ -36,7 +40,3 @@ def fit(
     else:
         echo(f"{summary['num_units']} units x {summary['dim']} dims from {summary['utterances']} utterances "
              f"({summary['frames']} frames) -> {summary['codebook']}\nuse it with: {summary['use']}")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(units_app, name="units")

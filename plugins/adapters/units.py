@@ -1,4 +1,4 @@
-"""``slmzoo units fit``: k-means codebook over an encoder layer, for token-mapping adapters (``discrete_units``).
+"""Fitting the k-means codebook of a token-mapping adapter (``discrete_units``) over an encoder layer.
 
 SpeechGPT, VoxtLM and SPIRIT-LM quantize HuBERT features with k-means; the card's encoder (and its
 ``layer``) defines the features, the adapter's ``num_units`` the codebook size.

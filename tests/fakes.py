@@ -47,9 +47,9 @@ class LinearAdapter(Adapter):
 @hookimpl
 def slmzoo_register_components(register):
     register(ComponentSpec(kind="encoder", name="fake_frames", description="test encoder", options=FakeOptions,
-                           factory="slmzoo.training.fakes:FrameEncoder"))
+                           factory="tests.fakes:FrameEncoder"))
     register(ComponentSpec(kind="adapter", name="fake_linear", description="test adapter", options=FakeOptions,
-                           factory="slmzoo.training.fakes:LinearAdapter"))
+                           factory="tests.fakes:LinearAdapter"))
 
 
 FAKE_OVERRIDES = ["encoder.type=fake_frames", "adapter.type=fake_linear"]
@@ -60,7 +60,7 @@ def register_fakes() -> None:
     from slmzoo.plugins import host, register_plugin
 
     if "slmzoo-fakes" not in host().plugins:
-        import slmzoo.training.fakes as module
+        import tests.fakes as module
 
         register_plugin(module, "slmzoo-fakes")
 

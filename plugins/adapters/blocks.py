@@ -7,7 +7,16 @@ from torch import nn
 
 from slmzoo.components import lengths_to_mask, zero_padding
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+class SwiGLU(nn.Module):
+    """``[..., 2H] -> [..., H]``: ``x * silu(gate)`` with ``x, gate`` the two halves, as in Ultravox."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x, gate = hidden.chunk(2, dim=-1)
+        return x * nn.functional.silu(gate)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swiglu": SwiGLU}
 
 
 def activation(name: str) -> nn.Module:
@@ -67,7 +76,7 @@ def masked_avg_pool(hidden: torch.Tensor, lengths: torch.Tensor, k: int, keep_pa
 
 def require_frames(name: str, context) -> None:
     """Adapters over ``[B, T, C]`` cannot take an encoder that returns all its layers ``[B, L, T, C]``."""
-    if getattr(context, "encoder_layers_stacked", False):
+    if context.encoder_layers_stacked:
         raise ValueError(f"adapter {name}: the encoder returns all layers [B, L, T, C] (layer: all); pick one layer, "
                          "use layer: weighted, or use the tltr adapter")
 

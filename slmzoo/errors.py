@@ -1,0 +1,8 @@
+"""Error types every plugin shares, so that callers (the CLI, a server) can tell them apart."""
+
+from __future__ import annotations
+
+
+class PretrainedLoadError(RuntimeError):
+    """A ``pretrained`` source (hub id, folder, file) or tokenizer that cannot be read, or whose weights do not fit
+    the component exactly (missing, unexpected or mis-shaped tensors, named in the message)."""
