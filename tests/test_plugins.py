@@ -387,17 +387,20 @@ def test_a_plugin_adds_commands_and_cannot_shadow_slmzoos_own():
             register("greet", greet, help="Say hello.")
             register("tools", tools)
             register("list", impostor)
+            register("broken", 42)  # not a command at all
 
     info = slmzoo.plugins.register_plugin(CommandPlugin, "command_plugin")
-    assert info.status == "ok" and info.commands == ["greet", "tools", "list"]
-    help_text = runner.invoke(app, ["--help"]).output
-    assert "greet" in help_text and "tools" in help_text and "units" in help_text
+    assert info.status == "ok" and info.commands == ["greet", "tools", "list", "broken"]
+    help_text = runner.invoke(app, ["--help"])
+    assert help_text.exit_code == 0, help_text.output
+    assert "greet" in help_text.output and "tools" in help_text.output and "units" in help_text.output
+    assert "command 'broken' cannot be used" in help_text.output
     assert runner.invoke(app, ["greet", "--name", "zoo"]).output == "hello zoo\n"
     assert runner.invoke(app, ["tools", "shout", "hi"]).output == "HI!\n"
     listed = runner.invoke(app, ["list", "cards", "--json"])  # slmzoo's own list, not the plugin's
     assert listed.exit_code == 0 and "cards" in json.loads(listed.stdout)
     rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["plugins", "list", "--json"]).stdout)}
-    assert rows["command_plugin"]["commands"] == ["greet", "tools", "list"]
+    assert rows["command_plugin"]["commands"] == ["greet", "tools", "list", "broken"]
     slmzoo.plugins.host().unregister("command_plugin")
     assert runner.invoke(app, ["greet"]).exit_code != 0  # gone with its plugin
 

@@ -45,7 +45,7 @@ class PluginCommandsGroup(TyperGroup):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         own = super().list_commands(ctx)
-        return own + [name for name in sorted(_plugin_commands()) if name not in own]
+        return own + [name for name in sorted(_plugin_commands()) if name not in own and _plugin_command(name)]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         return super().get_command(ctx, name) or _plugin_command(name)
@@ -58,15 +58,22 @@ def _plugin_commands() -> dict:
 
 
 def _plugin_command(name: str) -> click.Command | None:
+    """A plugin's command as a click command; one that typer cannot turn into a command is reported and left out
+    (a broken plugin never takes the CLI down)."""
     spec = _plugin_commands().get(name)
     if spec is None:
         return None
-    if isinstance(spec.command, typer.Typer):
-        command = typer.main.get_group(spec.command)
-    else:
-        single = typer.Typer()
-        single.command(name, help=spec.help)(spec.command)
-        command = typer.main.get_command(single)
+    try:
+        if isinstance(spec.command, typer.Typer):
+            command = typer.main.get_group(spec.command)
+        else:
+            single = typer.Typer()
+            single.command(name, help=spec.help)(spec.command)
+            command = typer.main.get_command(single)
+    except Exception as error:  # noqa: BLE001 - whatever a plugin got wrong, the other commands keep working
+        err().print(f"[yellow]plugin {spec.provider}: command {name!r} cannot be used:[/] ", end="")
+        err().print(f"{type(error).__name__}: {error}", markup=False, soft_wrap=True)
+        return None
     command.name = name
     if spec.help and not command.help:
         command.help = spec.help
@@ -76,14 +83,11 @@ def _plugin_command(name: str) -> click.Command | None:
 app = typer.Typer(
     name="slmzoo",
     cls=PluginCommandsGroup,
-    help="A plugin-based model zoo for speech LLMs: declarative cards, registered components.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(plugins_app, name="plugins")
-train_cmds.register(app)  # train, eval, plot
 
 
 def _version(value: bool) -> None:
@@ -481,6 +485,11 @@ def generate(
         return
     for text in texts:
         echo(text)
+
+
+# -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
+train_cmds.register(app)  # train, eval, plot
+app.add_typer(plugins_app, name="plugins")
 
 
 # -- entry point -----------------------------------------------------------------------------------
