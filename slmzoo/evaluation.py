@@ -110,3 +110,29 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, out: str | Path 
             for r in sorted(records, key=lambda r: r["id"]):
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return metrics
+
+
+EVAL_DIR = "eval"
+
+
+def run_folder_of(target: str | Path) -> Path | None:
+    """The training run a model argument belongs to: a run folder itself, or a checkpoint inside one."""
+    path = Path(target)
+    if (path / "checkpoints").is_dir():
+        return path
+    if path.parent.name == "checkpoints" and (path.parent.parent / "metrics.jsonl").is_file():
+        return path.parent.parent
+    return None
+
+
+def record_in_run(run_dir: Path, manifest: str | Path, metrics: dict, model: str) -> Path:
+    """Keep an evaluation with the run it scores: ``RUN/eval/<manifest stem>.json`` (``slmzoo compare`` reads it)."""
+    folder = Path(run_dir) / EVAL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = Path(str(manifest)).name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    path = folder / f"{name}.json"
+    record = {"data": str(manifest), "model": str(model), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return path

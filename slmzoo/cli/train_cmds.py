@@ -1,4 +1,4 @@
-"""``slmzoo train``, ``slmzoo eval`` and ``slmzoo plot``. ``register(app)`` adds them to the main CLI.
+"""``slmzoo train``, ``eval``, ``plot`` and ``compare``. ``register(app)`` adds them to the main CLI.
 
 Several training manifests are mixed with weights: ``--train a.jsonl:0.7 --train b.jsonl:0.3``.
 Under ``accelerate launch -m slmzoo train ...`` the same command runs DDP/FSDP from the Accelerate config.
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from slmzoo.cli.common import JsonOpt, PresetOpt, SetOpt, echo_json, handle_errors, load, load_model, out
+from slmzoo.cli.common import JsonOpt, PresetOpt, SetOpt, echo, echo_json, handle_errors, load, load_model, out
 
 
 def _setup_logging(run_dir: Path | None = None) -> None:
@@ -73,11 +73,15 @@ def evaluate(
     import torch
 
     from slmzoo.evaluation import evaluate as run
+    from slmzoo.evaluation import record_in_run, run_folder_of
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(model, preset, sets, device)
     metrics = run(loaded, data, batch_size=batch_size, out=hyps, normalize=normalizer,
                   max_new_tokens=max_new_tokens, strict=strict, limit=limit)
+    run_dir = run_folder_of(model)
+    if run_dir is not None and limit is None:  # a whole evaluation of a run is kept with it, for slmzoo compare
+        record_in_run(run_dir, data, metrics, model)
     if as_json:
         echo_json(metrics)
         return
@@ -100,7 +104,54 @@ def plot(
     out().print(str(plot_run(run_dir, png)))
 
 
+@handle_errors()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders (slmzoo train --out ...).")],
+    chart: Annotated[Optional[Path], typer.Option("--out", help="Write the chart (WER bars, loss curves) as PNG.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The table as Markdown.")] = False,
+    as_json: JsonOpt = False,
+    sizes: Annotated[bool, typer.Option("--sizes/--no-sizes", help="Parameter counts and audio tokens/s from a meta "
+                                        "build of each run's card.")] = True,
+) -> None:
+    """Runs side by side: sizes, throughput, padding efficiency, final loss, WER/CER of their evaluations."""
+    from slmzoo.comparison import compare_chart, compare_markdown, eval_sets, run_summary
+
+    summaries = [run_summary(run, sizes=sizes) for run in runs]
+    if chart is not None:
+        compare_chart(summaries, chart)
+    if as_json:
+        echo_json(summaries)
+        return
+    if markdown:
+        echo(compare_markdown(summaries))
+        return
+    from rich.table import Table
+
+    from slmzoo.catalog import human
+
+    sets = eval_sets(summaries)
+    table = Table(title=f"{len(summaries)} run{'s' if len(summaries) != 1 else ''}", title_justify="left",
+                  title_style="bold")
+    for column in ("run", "card", "params", "trained", "audio tok/s", "train audio s/s", "padding", "steps",
+                   "final loss", *[f"{name} WER/CER" for name in sets]):
+        table.add_column(column, overflow="fold")
+    for s in summaries:
+        pct = (lambda v: "" if v is None else f"{100 * v:.1f}%")
+        table.add_row(s["name"], (s.get("card") or "") + (f" ({s['preset']})" if s.get("preset") else ""),
+                      human(s.get("params")), human(s.get("trainable")),
+                      "" if s.get("audio_tokens_per_second") is None else f"{s['audio_tokens_per_second']:g}",
+                      "" if s["train_audio_per_second"] is None else f"{s['train_audio_per_second']:.1f}",
+                      pct(s["padding_efficiency"]), str(s["steps"]),
+                      "" if s["final_loss"] is None else f"{s['final_loss']:.3f}",
+                      *[f"{pct(s['evals'][n]['wer'])} / {pct(s['evals'][n]['cer'])}" if n in s["evals"] else ""
+                        for n in sets])
+    out().print(table)
+    if chart is not None:
+        out().print(f"chart: {chart}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("eval")(evaluate)
     app.command("plot")(plot)
+    app.command("compare")(compare)

@@ -195,10 +195,13 @@ def train_step(run: Run, params: list) -> dict:
     loss (over processes), its gradient norm, learning rate and seconds of audio."""
     cfg, accelerator = run.cfg, run.accelerator
     lr = cfg.lr * lr_factor(run.step, cfg.warmup_steps, cfg.max_steps, cfg.schedule)
-    step_loss, grad_norm, step_audio = 0.0, None, 0.0
+    step_loss, grad_norm, step_audio, real, padded = 0.0, None, 0.0, 0, 0
     for _ in range(cfg.grad_accum):
         batch = _next_batch(run)
         step_audio += batch["duration"]
+        if "audio_lens" in batch:  # real vs computed samples: how much of the batch is padding
+            real += int(batch["audio_lens"].sum())
+            padded += batch["audio"].numel()
         with accelerator.accumulate(run.model):
             loss = run.model(tensors(batch, accelerator.device)).loss
             if not torch.isfinite(loss):
@@ -216,7 +219,7 @@ def train_step(run: Run, params: list) -> dict:
     run.total_audio += step_audio
     step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean"))
     return {"loss": step_loss, "grad_norm": None if grad_norm is None else float(grad_norm), "lr": lr,
-            "audio": step_audio}
+            "audio": step_audio, "real_samples": real, "padded_samples": padded}
 
 
 def save(run: Run) -> Path:
@@ -240,11 +243,14 @@ class _Window:
 
     def __init__(self):
         self.loss, self.n, self.audio, self.start = 0.0, 0, 0.0, time.perf_counter()
+        self.real, self.padded = 0, 0
 
     def add(self, stats: dict) -> None:
         self.loss += stats["loss"]
         self.n += 1
         self.audio += stats["audio"]
+        self.real += stats["real_samples"]
+        self.padded += stats["padded_samples"]
 
 
 def periodic(run: Run, stats: dict, window: _Window, start_time: float, progress: "_Progress") -> _Window:
@@ -257,6 +263,7 @@ def periodic(run: Run, stats: dict, window: _Window, start_time: float, progress
         now = time.perf_counter()
         run.logger.log({"step": step, "loss": window.loss / window.n, "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                         "audio_sec_per_sec": window.audio / max(now - window.start, 1e-9),
+                        "padding_efficiency": window.real / window.padded if window.padded else None,
                         "elapsed": now - start_time, "skipped": run.issues.total})
         window = _Window()
     if run.val_cuts and cfg.eval_every and (step % cfg.eval_every == 0 or last):
