@@ -1,0 +1,123 @@
+"""Every architecture family learns, measured side by side on the spoken-digits corpus.
+
+Trains one card per family (its ``tiny`` preset) from scratch with one recipe (the worked example's: the ``salm``
+tiny preset's ``train`` section, every component trained), evaluates each run on the digits test split and on a
+split of voices training never heard (``make_unseen_voices.py``), and reports one table (``slmzoo compare``:
+parameters, audio tokens/s reaching the LLM, training audio-seconds per second, padding efficiency, WER and CER)
+as Markdown and a PNG chart. With several learning rates (``--lrs``) each family keeps its best on the dev split.
+
+    python benchmarks/bench_architectures.py --out runs/bench                       # all families, ~2 h on 2 cores
+    python benchmarks/bench_architectures.py --families salm,bestow --steps 600 --out runs/quick
+    python benchmarks/bench_architectures.py --out runs/bench --readme README.md     # also rewrite the README table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO.parent / "shared" / "data" / "digits"
+FAMILIES = ("salm", "ultravox", "bestow", "audio-flamingo", "salmonn", "cosmic", "granite-speech", "speech-llama",
+            "ltu-as", "pengi", "mu-llama", "speechgpt", "slm")
+README_START, README_END = "<!-- bench_architectures: start -->", "<!-- bench_architectures: end -->"
+
+
+def recipe(steps: int | None, lr: float) -> list[str]:
+    """``--set`` overrides: the salm tiny preset's train section, every component trained, this learning rate."""
+    import slmzoo
+
+    train = dict(slmzoo.load_card("salm", preset="tiny").data["train"])
+    train.update(freeze=[], trainable=[], lr=lr, lr_groups={})
+    if steps is not None:
+        train["max_steps"] = steps
+        train["eval_every"] = train["checkpoint_every"] = max(1, steps // 4)
+        train["augment"]["start_batch"] = min(train["augment"]["start_batch"], steps // 3)
+    return ["--set", f"train={json.dumps(train)}"]
+
+
+def slmzoo(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "slmzoo", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"slmzoo {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def family_overrides(family: str, out: Path) -> list[str]:
+    """What a family needs beyond the recipe: SpeechGPT's units come from a k-means codebook fitted on the
+    training audio with its own encoder (``slmzoo units fit``)."""
+    if family != "speechgpt":
+        return []
+    codebook = out / "speechgpt-units.npy"
+    if not codebook.is_file():
+        slmzoo("units", "fit", "speechgpt", "--preset", "tiny", "--data", str(DIGITS / "train.jsonl"),
+               "--out", str(codebook), "--max-utterances", "400")
+    return ["--set", f"adapter.codebook={codebook}"]
+
+
+def train_and_evaluate(family: str, lr: float, steps: int | None, out: Path, unseen: Path | None) -> Path:
+    run = out / f"{family}-lr{lr:g}"
+    if not (run / "checkpoints").is_dir():
+        slmzoo("train", family, "--preset", "tiny", "--train", str(DIGITS / "train.jsonl"),
+               "--val", str(DIGITS / "dev.jsonl"), "--out", str(run), "--no-progress",
+               *recipe(steps, lr), *family_overrides(family, out))
+    for data in [DIGITS / "test.jsonl", *([unseen] if unseen else [])]:
+        if not (run / "eval" / f"{data.stem}.json").is_file():  # eval keeps results as eval/<manifest stem>.json
+            slmzoo("eval", str(run), "--data", str(data), "--normalizer", "basic", "--json")
+    return run
+
+
+def best_by_dev(runs: list[Path]) -> Path:
+    """The run with the lowest last validation WER (dev split)."""
+    from slmzoo.training.metrics import read_metrics
+
+    def dev_wer(run: Path) -> float:
+        wers = [r["val_wer"] for r in read_metrics(run) if r.get("val_wer") is not None]
+        return wers[-1] if wers else float("inf")
+
+    return min(runs, key=dev_wer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--steps", type=int, default=None, help="Training steps (default: the recipe's).")
+    parser.add_argument("--lrs", default="1e-3", help="Learning rates to try, comma-separated; best on dev kept.")
+    parser.add_argument("--unseen", type=Path, default=None, help="Unseen-voices manifest (default: made in OUT).")
+    parser.add_argument("--readme", type=Path, default=None, help="Rewrite the table between the README markers.")
+    args = parser.parse_args()
+
+    from slmzoo.comparison import compare_chart, compare_markdown, run_summary
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    unseen = args.unseen
+    if unseen is None:
+        from make_unseen_voices import make_split
+
+        unseen = args.out / "unseen" / "unseen.jsonl"
+        if not unseen.is_file():
+            make_split(unseen.parent)
+    lrs = [float(x) for x in args.lrs.split(",")]
+    chosen = []
+    for family in args.families.split(","):
+        runs = [train_and_evaluate(family, lr, args.steps, args.out, unseen) for lr in lrs]
+        chosen.append(best_by_dev(runs))
+        print(f"{family}: {chosen[-1].name}", flush=True)
+    summaries = [run_summary(run) for run in chosen]
+    table = compare_markdown(summaries)
+    chart = compare_chart(summaries, args.out / "architectures.png")
+    (args.out / "architectures.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"chart: {chart}")
+    if args.readme is not None:
+        text = args.readme.read_text(encoding="utf-8")
+        start, end = text.index(README_START) + len(README_START), text.index(README_END)
+        args.readme.write_text(text[:start] + "\n" + table + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
