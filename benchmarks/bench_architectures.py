@@ -46,24 +46,36 @@ def slmzoo(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def without_lora(family: str) -> list[str]:
+    """LoRA adapts a pretrained backbone; on a random tiny one it leaves a few thousand trainable weights next to a
+    frozen random base, which cannot learn. From scratch every block with LoRA is trained in full instead."""
+    import slmzoo
+
+    data = slmzoo.load_card(family, preset="tiny").data
+    return [arg for section, block in data.items()
+            if isinstance(block, dict) and block.get("lora") is not None
+            for arg in ("--set", f"{section}.lora=null")]
+
+
 def family_overrides(family: str, out: Path) -> list[str]:
-    """What a family needs beyond the recipe: SpeechGPT's units come from a k-means codebook fitted on the
-    training audio with its own encoder (``slmzoo units fit``)."""
+    """What a family needs beyond the recipe: LoRA off (:func:`without_lora`); SpeechGPT's units come from a
+    k-means codebook fitted on the training audio with its own encoder (``slmzoo units fit``)."""
+    overrides = without_lora(family)
     if family != "speechgpt":
-        return []
+        return overrides
     codebook = out / "speechgpt-units.npy"
     if not codebook.is_file():
         slmzoo("units", "fit", "speechgpt", "--preset", "tiny", "--data", str(DIGITS / "train.jsonl"),
                "--out", str(codebook), "--max-utterances", "400")
-    return ["--set", f"adapter.codebook={codebook}"]
+    return [*overrides, "--set", f"adapter.codebook={codebook}"]
 
 
 def train_and_evaluate(family: str, lr: float, steps: int | None, out: Path, unseen: Path | None) -> Path:
     run = out / f"{family}-lr{lr:g}"
-    if not (run / "checkpoints").is_dir():
-        slmzoo("train", family, "--preset", "tiny", "--train", str(DIGITS / "train.jsonl"),
-               "--val", str(DIGITS / "dev.jsonl"), "--out", str(run), "--no-progress",
-               *recipe(steps, lr), *family_overrides(family, out))
+    # --resume: an interrupted benchmark continues each run from its newest checkpoint; a finished one returns
+    slmzoo("train", family, "--preset", "tiny", "--train", str(DIGITS / "train.jsonl"),
+           "--val", str(DIGITS / "dev.jsonl"), "--out", str(run), "--no-progress", "--resume",
+           *recipe(steps, lr), *family_overrides(family, out))
     for data in [DIGITS / "test.jsonl", *([unseen] if unseen else [])]:
         if not (run / "eval" / f"{data.stem}.json").is_file():  # eval keeps results as eval/<manifest stem>.json
             slmzoo("eval", str(run), "--data", str(data), "--normalizer", "basic", "--json")

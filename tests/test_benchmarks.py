@@ -37,3 +37,23 @@ def test_bf16_mfu_counts_model_flops_and_times_the_same_steps(one_thread):
     assert result["model_flops"] >= 6 * linear * positions
     assert result["steps"] == 2 and result["llm_tokens_per_second"] > 0
     assert result["mfu"] == pytest.approx(result["model_tflops_per_second"])  # a peak of 1 TFLOP/s
+
+
+def test_the_architecture_benchmark_trains_every_family_in_full_with_one_recipe():
+    """The recipe is the salm tiny preset's `train` section with nothing frozen; LoRA on a random tiny backbone
+    is replaced by full training; every family the benchmark names has a card."""
+    import json
+
+    import slmzoo
+    from benchmarks.bench_architectures import FAMILIES, family_overrides, recipe, without_lora
+
+    train = json.loads(recipe(None, 3e-4)[1].removeprefix("train="))
+    assert train["freeze"] == [] and train["lr"] == 3e-4
+    assert train["max_steps"] == slmzoo.load_card("salm", preset="tiny").train.max_steps
+    short = json.loads(recipe(300, 1e-3)[1].removeprefix("train="))
+    assert short["max_steps"] == 300 and short["augment"]["start_batch"] <= 100
+    assert family_overrides("bestow", DIGITS) == ["--set", "llm.lora=null"]
+    assert family_overrides("salm", DIGITS) == []
+    for family in FAMILIES:
+        card = slmzoo.load_card(family, preset="tiny", overrides=without_lora(family)[1::2])
+        assert all(card.data[s].get("lora") is None for s in card.sections if isinstance(card.data.get(s), dict))

@@ -75,6 +75,43 @@ def test_tiny_preset_trains_what_the_card_trains(name):
     assert isinstance(texts, list) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
+# What a tiny preset may change: sizes (numbers, `config`), the feature extractor (a random encoder may need
+# another log-mel normalisation), where weights come from, the tokenizer and dtype, and LoRA (a random LLM learns
+# only when trained in full: `train.freeze: []`). Everything else (component types, variants, layer choices,
+# fusion and adapter options) is the architecture.
+SIZE_ONLY = {"pretrained", "tokenizer", "dtype", "attn_implementation", "config", "lora", "codebook"}
+
+
+def architecture_of(block, path: str) -> dict[str, object]:
+    """The categorical settings of a card block, flattened to ``{"encoder.encoders[0].type": "whisper", ...}``;
+    a ``config``'s ``model_type`` counts (a tiny Qwen3 is still a Qwen3)."""
+    found: dict[str, object] = {}
+    if isinstance(block, dict):
+        for key, value in block.items():
+            if key == "config" and isinstance(value, dict) and "model_type" in value:
+                found[f"{path}.config.model_type"] = value["model_type"]
+            if key not in SIZE_ONLY and key != "feature_extractor":
+                found.update(architecture_of(value, f"{path}.{key}"))
+    elif isinstance(block, list) and block and all(isinstance(item, dict) for item in block):
+        for i, item in enumerate(block):
+            found.update(architecture_of(item, f"{path}[{i}]"))
+    elif isinstance(block, (str, bool)) or block is None:
+        found[path] = block
+    return found
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_tiny_preset_is_the_cards_architecture(name):
+    full, tiny = load_card(name), load_card(name, preset="tiny")
+    assert tiny.data.get("architecture") == full.data.get("architecture")
+    assert tiny.sections == full.sections
+    for section in full.sections:
+        expected, got = architecture_of(full.data.get(section), section), architecture_of(tiny.data.get(section), section)
+        changed = {key: (expected.get(key), got.get(key)) for key in expected.keys() | got.keys()
+                   if expected.get(key) != got.get(key)}
+        assert not changed, f"{name}: the tiny preset changes the architecture (full, tiny): {changed}"
+
+
 PUBLISHED = [n for n in CARDS if raw(n).get("published_params")]
 
 

@@ -253,3 +253,42 @@ def test_fastconformer_loads_the_encoder_of_a_nemo_checkpoint(tmp_path):
     broken = write_nemo(tmp_path / "broken.nemo", {k: v for k, v in state.items() if k != dropped})
     with pytest.raises(PretrainedLoadError, match="missing weight layers.1."):
         Conformer(options.model_copy(update={"pretrained": broken}), None)
+
+
+def test_all_features_normalises_each_clip_with_one_mean_and_std():
+    """NeMo's ``normalize: all_features``: one mean/std per clip over all its valid frames and mel bins (padding
+    stays zero and does not count); the default stays ParakeetFeatureExtractor's per-bin statistics."""
+    options = dict(config=FAST, feature_extractor={"normalize": "all_features"})
+    encoder = Conformer(ConformerOptions(**options), None).eval()
+    waves = clips()
+    features, frames = encoder.features(*pad(waves))
+    for i, n in enumerate(frames.tolist()):
+        valid = features[i, :n]
+        assert abs(valid.mean()) < 1e-4 and abs(valid.std() - 1) < 1e-3
+        assert valid.mean(0).abs().max() > 0.05  # the bins keep their own levels, unlike per_feature
+        assert not features[i, n:].any()
+    alone, _ = encoder.features(*pad(waves[1:2]))
+    torch.testing.assert_close(alone[0], features[1, : alone.shape[1]], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="per_feature, all_features"):
+        Conformer(ConformerOptions(config=FAST, feature_extractor={"normalize": "per_clip"}), None)
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_random_fastconformer_starts_with_audio_in_its_frames(factor):
+    """From random weights (no ``pretrained``) the subsampling gets He init: the frames reaching the first conformer
+    block have about unit rms at any factor. transformers' std-0.02 init leaves them ~1e-3 (4x) to ~1e-5 (8x) rms,
+    under LayerNorm's epsilon, so the encoder output carries no audio and a model trained from scratch cannot
+    learn from it. Loading weights is unaffected (the checkpoint's own values)."""
+    config = dict(FAST, hidden_size=64, subsampling_factor=factor, subsampling_conv_channels=32, num_mel_bins=80)
+    encoder = Conformer(ConformerOptions(config=config), None).eval()
+    audio, lengths = pad(clips())
+    features, frames = encoder.features(audio, lengths)
+    mask = torch.arange(features.shape[1])[None] < frames[:, None]
+    with torch.no_grad():
+        subsampled = encoder.model.subsampling(features, mask)[0] * encoder.model.input_scale
+    valid = subsampled[0, : int(frames[0]) // factor]
+    assert 0.3 < valid.pow(2).mean().sqrt() < 3
+    reference = tf.ParakeetEncoder(tf.ParakeetEncoderConfig(**config)).eval()  # transformers' own init
+    with torch.no_grad():
+        tiny = reference.subsampling(features, mask)[0] * reference.input_scale
+    assert tiny[0, : int(frames[0]) // factor].pow(2).mean().sqrt() < 0.05

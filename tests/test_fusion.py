@@ -24,6 +24,8 @@ FUSIONS = {
     "prefix": ("slmzoo_plugins.fusion.prefix:PrefixFusion", specs.PrefixOptions()),
     "cross_attention": ("slmzoo_plugins.fusion.cross_attention:CrossAttentionFusion",
                         specs.CrossAttentionOptions(num_heads=4)),
+    "bestow": ("slmzoo_plugins.fusion.cross_attention:CrossAttentionFusion",
+               specs.CrossAttentionOptions(num_heads=4, self_attention=True)),
     "gated_xattn": ("slmzoo_plugins.fusion.gated_xattn:GatedCrossAttentionFusion",
                     specs.GatedXAttnOptions(num_heads=4)),
     "adapter_prompt": ("slmzoo_plugins.fusion.adapter_prompt:AdapterPromptFusion",
@@ -185,6 +187,42 @@ def test_cached_generation_works_with_beams(name):
     out = llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=4, do_sample=False,
                        min_new_tokens=4, num_beams=2, num_return_sequences=2)
     assert out.shape == (4, 4)
+
+
+def test_bestow_cached_generation_equals_a_full_forward_at_every_step():
+    """With text self-attention each generated token attends to the prompt and the tokens before it: the logits of
+    every cached step equal a full forward over the whole sequence fused again (left-padded prompts)."""
+    llm, fusion = fresh("bestow")
+    ids, mask, _ = text_batch(llm, ["hi", "hello there"], side="left")
+    audio = clips([3, 9])
+    fused = fusion.fuse(llm, ids, mask, audio, padding_side="left")
+    cached = llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=5, min_new_tokens=5,
+                          do_sample=False, output_logits=True, return_dict_in_generate=True)
+    new_tokens = cached.sequences[:, -5:]
+    for step in range(5):
+        full_ids = torch.cat([ids, new_tokens[:, :step]], 1)
+        full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], step)], 1)
+        refused = fusion.fuse(llm, full_ids, full_mask, audio, padding_side="left")
+        positions = (refused.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        expected = llm(refused.inputs_embeds, refused.attention_mask, position_ids=positions).logits[:, -1]
+        torch.testing.assert_close(cached.logits[step].to(expected.dtype), expected, atol=1e-5, rtol=0)
+
+
+def test_bestow_tokens_know_their_place_in_the_text():
+    """Without self-attention a token's fused embedding depends on the token and the audio only; with it, on the
+    text before it too (the same token after another prefix differs)."""
+    audio = clips([5])
+    for name, differs in (("cross_attention", False), ("bestow", True)):
+        with torch.random.fork_rng():  # the fusions' random init leaves the later tests' draws alone
+            llm, fusion = fresh(name)
+        out = []
+        for prompt in ("ab", "bb"):
+            ids, mask, _ = text_batch(llm, [prompt])
+            out.append(fusion.fuse(llm, ids, mask, audio).inputs_embeds)
+        fusion.release()
+        assert not torch.equal(out[0], out[1])
+        # the last token (the same template token in both) sees different text before it only with self-attention
+        assert torch.allclose(out[0][:, -1], out[1][:, -1]) != differs
 
 
 @pytest.mark.parametrize("name", MEMORY_FUSIONS)

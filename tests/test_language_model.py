@@ -123,14 +123,14 @@ def tiny_lm_plugin():
 
 FUSIONS = {"concat": "{type: concat}", "prefix": "{type: prefix}",
            "cross_attention": "{type: cross_attention, num_layers: 1, num_heads: 4}",
+           "bestow": "{type: cross_attention, num_layers: 1, num_heads: 4, self_attention: true}",
            "gated_xattn": "{type: gated_xattn, num_heads: 4}",
            "adapter_prompt": "{type: adapter_prompt, num_layers: 1, prompt_length: 3}"}
 
 
 def tiny_card(fusion: str, *sets):
     return slmzoo.load_card("salm", preset="tiny", overrides=[
-        "llm={type: tiny_torch_lm, hidden_size: 32, num_layers: 2, num_heads: 4}", f"fusion={FUSIONS[fusion]}",
-        "adapter.hidden_dim=32", *sets])
+        "llm={type: tiny_torch_lm, hidden_size: 32, num_layers: 2, num_heads: 4}", f"fusion={FUSIONS[fusion]}", *sets])
 
 
 def waves():

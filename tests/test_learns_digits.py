@@ -3,7 +3,7 @@
 
 WER is word-level (``--normalizer basic``): Whisper's English normalizer rewrites "six zero four" as "604",
 which turns a digit string into one "word" and the WER into an utterance error rate; that rate is printed too.
-Slow (about 6 minutes on 2 idle CPU cores). ``SLMZOO_DIGITS_BUDGET_S`` changes the training time budget.
+Slow (about 7 minutes on 2 idle CPU cores). ``SLMZOO_DIGITS_BUDGET_S`` changes the training time budget.
 """
 
 from __future__ import annotations

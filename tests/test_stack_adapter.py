@@ -47,13 +47,29 @@ def test_output_rate_and_dim():
 
 def test_swiglu_is_ultravox_projector():
     adapter = build(k=2, activation="swiglu", norm="rmsnorm")
-    assert isinstance(adapter.norm, torch.nn.RMSNorm)
+    assert isinstance(adapter.norm, torch.nn.RMSNorm) and adapter.norm.eps == 1e-6  # Ultravox: eps 1e-6
     assert adapter.linear_1.weight.shape == (64, 24)  # hidden = llm width, halved by SwiGLU
     assert adapter.linear_2.weight.shape == (64, 32)
     x = torch.randn(1, 4, 12)
     stacked = adapter.norm(x.reshape(1, 2, 24))
     a, gate = adapter.linear_1(stacked).chunk(2, dim=-1)
     expected = adapter.linear_2(a * torch.nn.functional.silu(gate))
+    assert torch.allclose(adapter(x, torch.tensor([4])).embeds, expected, atol=1e-6)
+
+
+def test_mid_norm_is_ultravox_v05_projector():
+    """v0.5+ (``projector_ln_mid``): ln_pre, linear_1 without bias, SwiGLU, ln_mid on the halved width, linear_2
+    without bias; the released weights' names map one to one (ln_pre -> norm, ln_mid -> mid_norm)."""
+    adapter = build(k=2, hidden_dim=16, activation="swiglu", norm="rmsnorm", mid_norm="rmsnorm", bias=False)
+    released = {"ln_pre.weight": (24,), "linear_1.weight": (16, 24), "ln_mid.weight": (8,), "linear_2.weight": (64, 8)}
+    ours = {name.replace("norm.", "ln_pre.").replace("mid_ln_pre.", "ln_mid."): tuple(p.shape)
+            for name, p in adapter.state_dict().items()}
+    assert ours == released
+    with torch.no_grad():
+        adapter.mid_norm.weight.uniform_(0.2, 0.6)  # Ultravox initialises its RMSNorms at norm_init 0.4
+    x = torch.randn(1, 4, 12)
+    a, gate = adapter.linear_1(adapter.norm(x.reshape(1, 2, 24))).chunk(2, dim=-1)
+    expected = adapter.linear_2(adapter.mid_norm(a * torch.nn.functional.silu(gate)))
     assert torch.allclose(adapter(x, torch.tensor([4])).embeds, expected, atol=1e-6)
 
 

@@ -341,3 +341,18 @@ def test_a_ddp_run_killed_with_sigkill_resumes(tmp_path):
     assert f"resumed from {ckpt.checkpoint_dir(out) / killed_at[-1]}" in (out / "train.log").read_text()
     assert [r["step"] for r in read_metrics(out) if "loss" in r] == list(range(1, 11))
     assert ckpt.latest_checkpoint(out).name == "step-000010"
+
+
+def test_ddp_looks_for_unused_parameters_only_when_layers_are_dropped():
+    """Parakeet's FastConformer drops layers at random in training (layerdrop 0.1 by default): under DDP each rank
+    then leaves other parameters without a gradient. Found when a two-process run of the salm tiny preset died
+    at step 7 with a gloo size mismatch."""
+    import slmzoo
+    from slmzoo.training.loop import skips_layers
+
+    assert skips_layers(slmzoo.build(slmzoo.load_card("salm", preset="tiny")))
+    no_drop = slmzoo.load_card("salm", preset="tiny", overrides=["encoder.config.layerdrop=0.0"])
+    assert not skips_layers(slmzoo.build(no_drop))
+    assert not skips_layers(slmzoo.build(slmzoo.load_card("ultravox", preset="tiny")))
+    whisper = slmzoo.load_card("ultravox", preset="tiny", overrides=["encoder.config.encoder_layerdrop=0.2"])
+    assert skips_layers(slmzoo.build(whisper))

@@ -17,7 +17,9 @@ class StackOptions(ComponentOptions):
     hidden_dim: int | None = Field(None, ge=1, description="MLP hidden width; default: the LLM width.")
     activation: Literal["gelu", "relu", "silu", "swiglu"] = Field("gelu", description="MLP activation.")
     norm: Literal["none", "layernorm", "rmsnorm"] = Field("none", description="Normalisation of the stacked frames.")
-    bias: bool = Field(True, description="Biases in both Linear layers; false for Voxtral's projector.")
+    mid_norm: Literal["none", "layernorm", "rmsnorm"] = Field(
+        "none", description="Normalisation after the activation (Ultravox v0.5+'s `ln_mid`).")
+    bias: bool = Field(True, description="Biases in both Linear layers; false for Ultravox's and Voxtral's projectors.")
 
     @model_validator(mode="after")
     def _swiglu_splits_the_width(self):

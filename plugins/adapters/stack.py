@@ -9,6 +9,8 @@ as it does when the clip is alone: a clip's embeddings never depend on its batch
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -17,7 +19,8 @@ from slmzoo_plugins.adapters.blocks import activation, check_frames, require_fra
 
 
 class StackAdapter(Adapter):
-    """``hidden [B, T, C]`` -> ``embeds [B, ceil(T / k), D]``: stack, optional norm, MLP."""
+    """``hidden [B, T, C]`` -> ``embeds [B, ceil(T / k), D]``: stack, optional norm, MLP (optional norm after
+    its activation)."""
 
     def __init__(self, options, context):
         super().__init__()
@@ -28,12 +31,14 @@ class StackAdapter(Adapter):
         if options.activation == "swiglu" and hidden_dim % 2:
             raise ValueError(f"adapter stack: swiglu halves the hidden width, so hidden_dim must be even (got "
                              f"{hidden_dim})")
-        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+        # RMSNorm at eps 1e-6 (Ultravox's; torch's default is the dtype's eps, 7.8e-3 in bf16)
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": partial(nn.RMSNorm, eps=1e-6)}
+        mid_dim = hidden_dim // 2 if options.activation == "swiglu" else hidden_dim
         self.norm = norms[options.norm](stacked_dim) if options.norm in norms else nn.Identity()
         self.linear_1 = nn.Linear(stacked_dim, hidden_dim, bias=options.bias)
         self.act = activation(options.activation)
-        self.linear_2 = nn.Linear(hidden_dim // 2 if options.activation == "swiglu" else hidden_dim, context.llm_dim,
-                                  bias=options.bias)
+        self.mid_norm = norms[options.mid_norm](mid_dim) if options.mid_norm in norms else nn.Identity()
+        self.linear_2 = nn.Linear(mid_dim, context.llm_dim, bias=options.bias)
         self.output_dim = context.llm_dim
 
     def output_frame_rate(self, input_frame_rate: float) -> float:
@@ -46,6 +51,6 @@ class StackAdapter(Adapter):
         hidden = zero_padding(hidden, lengths)
         pad = -T % self.k
         hidden = nn.functional.pad(hidden, (0, 0, 0, pad)).reshape(B, (T + pad) // self.k, self.k * C)
-        embeds = self.linear_2(self.act(self.linear_1(self.norm(hidden))))
+        embeds = self.linear_2(self.mid_norm(self.act(self.linear_1(self.norm(hidden)))))
         out_lengths = (lengths + self.k - 1) // self.k
         return AdapterOutput(embeds=zero_padding(embeds, out_lengths), lengths=out_lengths)

@@ -5,6 +5,15 @@
   (zero padding, hann window ``periodic=False``), power spectrum, slaney mels, ``log(mel + 2**-24)``, then per-clip,
   per-feature mean/std over the clip's own frames. 8x conv subsampling: 12.5 frames/s. Loads from a bare encoder or
   a ``ParakeetForCTC`` / ``ParakeetForTDT`` checkpoint (its decoder and heads are dropped).
+
+  Training from scratch (no ``pretrained``): transformers' ``_init_weights`` (normal, std 0.02, zero bias) is meant
+  for fine-tuning; on the depthwise-striding subsampling (3x3 convs of fan-in 9) it shrinks the log-mel ~30x per
+  conv, so the subsampled frames are ~1e-3 (4x) or ~1e-5 (8x) rms even after the sqrt(d_model) x-scaling: below the
+  LayerNorm epsilon, and the encoder output carries no audio. Random encoders therefore start the subsampling from
+  He init (ReLU convs, zero biases), its frames at about unit rms after the x-scaling. ``feature_extractor.normalize:
+  all_features`` (NeMo's preprocessor option) normalises each clip with one mean/std over all its frames and mel
+  bins instead of one per mel bin: on 1-2 s clips the per-bin statistics vary with the clip's words, and a tiny
+  FastConformer trained from scratch through an LLM (the digits corpus) learns from the audio only with it.
 - ``wav2vec2_conformer``: transformers' ``Wav2Vec2ConformerModel`` on waveforms, like the ``wav2vec2`` encoder.
   Its convolution modules do not mask padding (the depthwise conv would pull padded frames into real ones), so the
   depthwise input is zeroed on padded frames here, as FastConformer does.
@@ -30,7 +39,8 @@ from slmzoo_plugins.encoders.waveforms import check_waveforms
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
 NORM_EPSILON = 1e-5  # ParakeetFeatureExtractor: EPSILON, added to the std
 # The ParakeetFeatureExtractor settings the log-mel front end follows (others in a preprocessor config are moot).
-FEATURE_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "win_length", "preemphasis")
+FEATURE_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "win_length", "preemphasis", "normalize")
+NORMALIZE = ("per_feature", "all_features")  # NeMo's preprocessor `normalize`; ParakeetFeatureExtractor: per_feature
 
 
 class ParakeetLogMel(nn.Module):
@@ -41,11 +51,14 @@ class ParakeetLogMel(nn.Module):
     """
 
     def __init__(self, feature_size=80, sampling_rate=16000, hop_length=160, n_fft=512, win_length=400,
-                 preemphasis=0.97, **_):
+                 preemphasis=0.97, normalize="per_feature", **_):
         super().__init__()
         from transformers.audio_utils import mel_filter_bank
 
+        if normalize not in NORMALIZE:
+            raise ValueError(f"encoder.feature_extractor.normalize: {normalize!r}; use one of {', '.join(NORMALIZE)}")
         self.hop_length, self.n_fft, self.win_length, self.preemphasis = hop_length, n_fft, win_length, preemphasis
+        self.normalize = normalize
         filters = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=feature_size, min_frequency=0.0,
                                   max_frequency=sampling_rate / 2, sampling_rate=sampling_rate, norm="slaney",
                                   mel_scale="slaney", dtype=np.float32)
@@ -56,23 +69,39 @@ class ParakeetLogMel(nn.Module):
         return torch.div(lengths + self.n_fft // 2 * 2 - self.n_fft, self.hop_length, rounding_mode="floor")
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        audio = audio.float() * lengths_to_mask(lengths, audio.shape[1])
+        # float32, or float64 in a float64 model (exact batch invariance in tests); never half precision
+        dtype = torch.float64 if self.mel_filters.dtype == torch.float64 else torch.float32
+        audio = audio.to(dtype) * lengths_to_mask(lengths, audio.shape[1])
         if self.preemphasis:
             audio = torch.cat([audio[:, :1], audio[:, 1:] - self.preemphasis * audio[:, :-1]], dim=1)
             audio = audio * lengths_to_mask(lengths, audio.shape[1])
-        window = torch.hann_window(self.win_length, periodic=False, device=audio.device)
+        window = torch.hann_window(self.win_length, periodic=False, device=audio.device, dtype=audio.dtype)
         stft = torch.stft(audio, self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
                           return_complex=True, pad_mode="constant")
         power = torch.view_as_real(stft).pow(2).sum(-1).sqrt().pow(2)  # the reference's exact op order
-        features = torch.log(self.mel_filters.to(power.device) @ power + LOG_ZERO_GUARD).transpose(1, 2)
+        features = torch.log(self.mel_filters.to(power.device, power.dtype) @ power + LOG_ZERO_GUARD).transpose(1, 2)
         frames = self.output_lengths(lengths)
         mask = lengths_to_mask(frames, features.shape[1])[..., None]
-        count = frames[:, None, None].to(features.dtype)
-        mean = (features * mask).sum(1, keepdim=True) / count
-        variance = (((features * mask) - mean) ** 2 * mask).sum(1, keepdim=True) / (count - 1)
+        dims = (1,) if self.normalize == "per_feature" else (1, 2)  # all_features: one mean/std per clip
+        count = frames[:, None, None].to(features.dtype) * (1 if self.normalize == "per_feature" else features.shape[2])
+        mean = (features * mask).sum(dims, keepdim=True) / count
+        variance = (((features * mask) - mean) ** 2 * mask).sum(dims, keepdim=True) / (count - 1)
         features = (features - mean) / (variance.sqrt() + NORM_EPSILON) * mask
         # The centred STFT has one frame more than the extractor counts valid; it is zero here, drop it.
         return features[:, : int(frames.max())], frames
+
+
+def init_subsampling(subsampling: nn.Module, input_scale: float = 1.0) -> None:
+    """He init of the depthwise-striding subsampling (every conv leads to a ReLU), zero biases, and an output Linear
+    of std ``1/sqrt(fan_in)/input_scale``: the frames reach the first block at about unit rms at any factor, the
+    x-scaling included (NeMo's own output init divides by sqrt(d_model) for the same reason)."""
+    for module in subsampling.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.in_features**-0.5 / input_scale)
+            nn.init.zeros_(module.bias)
 
 
 class FastConformerEncoder(Encoder):
@@ -96,6 +125,8 @@ class FastConformerEncoder(Encoder):
             self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig, pretrained=options.pretrained,
                                         config=options.config, context=context, sub_config="encoder_config")
             saved = feature_settings(options.pretrained, options.feature_extractor, FEATURE_KEYS, context)
+        if options.pretrained is None:  # random weights, to be trained: see the module docstring
+            init_subsampling(self.model.subsampling, self.model.input_scale)
         config = self.model.config
         settings = {"feature_size": config.num_mel_bins, **{k: v for k, v in saved.items() if k in FEATURE_KEYS}}
         if settings.get("sampling_rate", 16000) != 16000 or settings["feature_size"] != config.num_mel_bins:
@@ -118,6 +149,7 @@ class FastConformerEncoder(Encoder):
         lengths = check_waveforms(audio, lengths, self.min_samples, self.name)
         features, feature_lengths = self.features(audio[:, : int(lengths.max())], lengths)
         mask = lengths_to_mask(feature_lengths, features.shape[1]).long()
+        features = features.to(self.model.subsampling.linear.weight.dtype)
         out = self.model(features, attention_mask=mask, output_hidden_states=self.selection.needs_all_states)
         frames = self.model._get_subsampling_output_length(feature_lengths).long()
         states = out.hidden_states if self.selection.needs_all_states else (out.last_hidden_state,)

@@ -3,10 +3,16 @@ stack of cross-attention blocks *before* the LLM; the result is added back to th
 
 The audio never enters the LLM's sequence: the tags are removed and the audio is kept as memory. The
 stack runs inside a forward hook on the LLM's input embedding module, so every embedding lookup (the
-prompt, and each token generated with the KV cache) is cross-attended to the memory. The blocks have
-no self-attention among text tokens, so a token's output depends only on itself and the audio: this is
-what makes cached decoding exact. For an encoder-decoder LLM only the encoder input (the prompt) is
-fused, directly in ``fuse``; the decoder's embeddings are left alone.
+prompt, and each token generated with the KV cache) is cross-attended to the memory. For an
+encoder-decoder LLM only the encoder input (the prompt) is fused, directly in ``fuse``; the decoder's
+embeddings are left alone.
+
+``self_attention: true`` is BESTOW as NeMo builds it (a causal transformer decoder: self-attention among the
+text tokens, cross-attention to the audio, feed-forward). Without it a token's query is its embedding alone,
+which carries no position: "two" asks the audio the same question wherever it stands in "two five two", and a
+tiny model on the digits corpus plateaus far above a concatenation model. With it, the hook keeps each
+block's self-attention inputs (:class:`TextContext`) so every generated token attends to the prompt and the
+tokens before it, as a full forward would; beam search, which reorders the rows, is not followed.
 """
 
 from __future__ import annotations
@@ -20,17 +26,55 @@ from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttenti
 
 
 class CrossAttentionBlock(nn.Module):
-    """Pre-norm residual block: ``x + attn(norm(x), memory)``, then ``x + ffn(x)``. ``x [B, L, D]``."""
+    """Pre-norm residual block on the text ``x [B, L, D]``: with ``self_attention``, ``x + self_attn(norm(x))``
+    causal among the text tokens first; then ``x + attn(norm(x), memory)`` and ``x + ffn(x)``."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_mult: int):
+    def __init__(self, dim: int, num_heads: int, ffn_mult: int, self_attention: bool = False):
         super().__init__()
+        self.has_self_attention = self_attention
+        if self_attention:
+            self.self_norm = nn.LayerNorm(dim)
+            self.self_attn = MemoryAttention(dim, num_heads)
         self.norm = nn.LayerNorm(dim)
         self.attn = MemoryAttention(dim, num_heads)
         self.ffn = FeedForward(dim, ffn_mult)
 
-    def forward(self, x, memory, memory_mask):
+    def forward(self, x, memory, memory_mask, past=None, text_mask=None):
+        """``past [B, P, D]``: this block's self-attention inputs at the earlier text positions (cached decoding),
+        ``text_mask [B, P + L]``: real tokens. Returns ``x`` and the self-attention inputs ``[B, P + L, D]``."""
+        states = None
+        if self.has_self_attention:
+            h = self.self_norm(x)
+            states = h if past is None else torch.cat([past, h], 1)
+            length, total = x.shape[1], states.shape[1]
+            causal = torch.ones(length, total, dtype=torch.bool, device=x.device).tril(total - length)
+            x = x + self.self_attn(h, states, causal[None] & text_mask[:, None, :])
         x = x + self.attn(self.norm(x), memory, memory_mask)
-        return x + self.ffn(x)
+        return x + self.ffn(x), states
+
+
+class TextContext:
+    """What the text self-attention of a cached decoding step attends to: ``prompt_mask [B, L]`` set by ``fuse``,
+    then each block's inputs ``states`` at every text position so far and their ``mask``."""
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self, prompt_mask: torch.Tensor | None = None) -> None:
+        self.prompt_mask, self.states, self.mask = prompt_mask, None, None
+
+    def before(self, batch: int, length: int, device) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """``text_mask [B, P + L]`` and the blocks' ``past`` for ``length`` new positions: the prompt (first call
+        after ``fuse``) attends within itself; each later piece to everything before it."""
+        new = torch.ones(batch, length, dtype=torch.bool, device=device)
+        if self.states is None:
+            prompt = self.prompt_mask
+            return (prompt.bool() if prompt is not None and prompt.shape == (batch, length) else new), None
+        past, mask = self.states, self.mask
+        if batch != mask.shape[0]:  # generate's expansion (num_return_sequences): each row repeated consecutively
+            k = batch // mask.shape[0]
+            past, mask = [p.repeat_interleave(k, 0) for p in past], mask.repeat_interleave(k, 0)
+        return torch.cat([mask, new], 1), past
 
 
 class CrossAttentionFusion(Fusion):
@@ -38,10 +82,12 @@ class CrossAttentionFusion(Fusion):
         super().__init__()
         llm = context.llm
         dim = llm.hidden_size
-        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, options.num_heads, options.ffn_mult)
+        self.self_attention = options.self_attention
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, options.num_heads, options.ffn_mult, options.self_attention)
                                     for _ in range(options.num_layers))
         self.to(llm.dtype)
         self.audio = AudioMemory()
+        self.text = TextContext()
         self.is_encoder_decoder = llm.is_encoder_decoder
         if not self.is_encoder_decoder:
             # A bound method, not a submodule of the LLM: no shared weights, and deepcopy maps it to the copy.
@@ -49,12 +95,19 @@ class CrossAttentionFusion(Fusion):
 
     def release(self) -> None:
         self.audio.clear()
+        self.text.clear()
 
     def cross_attend(self, embeds: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """``embeds [B, L, D]`` -> the same embeddings plus every block's residual update from the audio."""
+        """``embeds [B, L, D]`` -> the same embeddings plus every block's residual update from the audio (and,
+        with ``self_attention``, from the text before them: the prompt, then the tokens generated so far)."""
         x = embeds.to(memory.dtype)
-        for block in self.blocks:
-            x = block(x, memory, memory_mask)
+        text_mask, past = self.text.before(*x.shape[:2], x.device) if self.self_attention else (None, None)
+        states = []
+        for i, block in enumerate(self.blocks):
+            x, block_states = block(x, memory, memory_mask, None if past is None else past[i], text_mask)
+            states.append(block_states)
+        if self.self_attention:  # kept for the next cached decoding step (detached: never trained through)
+            self.text.states, self.text.mask = [s.detach() for s in states], text_mask
         return x.to(embeds.dtype)
 
     def _embedding_hook(self, module, args, embeds: torch.Tensor):
@@ -69,6 +122,7 @@ class CrossAttentionFusion(Fusion):
         memory, memory_mask = pad_memory(audio_embeds, counts, self.blocks[0].norm.weight.dtype)
         input_ids, attention_mask, labels = drop_audio_tags(llm, input_ids, attention_mask, labels, padding_side)
         self.audio.set(memory, memory_mask)
+        self.text.clear(attention_mask)
         embeds = llm.embed(input_ids)  # through the hook: already cross-attended
         if self.is_encoder_decoder and memory is not None:
             embeds = self.cross_attend(embeds, memory, memory_mask)

@@ -62,10 +62,11 @@ class AudioMemory:
 
 
 class MemoryAttention(nn.Module):
-    """Multi-head attention of ``hidden [B, L, D]`` to ``memory [B, M, D]`` with ``memory_mask [B, M]``.
+    """Multi-head attention of ``hidden [B, L, D]`` to ``memory [B, M, D]`` with ``memory_mask [B, M]`` (the
+    same frames for every query) or ``[B, L, M]`` (per query: a causal mask).
 
-    Padded memory frames get exactly zero weight, and a row without any audio gets a zero output (not NaN),
-    so an output never depends on the other clips of the batch.
+    Masked memory frames get exactly zero weight, and a query that may see no frame at all gets a zero output
+    (not NaN), so an output never depends on the other clips of the batch.
     """
 
     def __init__(self, dim: int, num_heads: int, memory_dim: int | None = None):
@@ -85,8 +86,9 @@ class MemoryAttention(nn.Module):
         k = self.k_proj(memory).view(b, m, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(memory).view(b, m, self.num_heads, self.head_dim).transpose(1, 2)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, H, L, M]
-        scores = scores.masked_fill(~memory_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        weights = F.softmax(scores, dim=-1) * memory_mask.any(-1).to(scores.dtype)[:, None, None, None]
+        mask = memory_mask[:, None, None, :] if memory_mask.dim() == 2 else memory_mask[:, None]  # [B, 1, L|1, M]
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = F.softmax(scores, dim=-1) * mask.any(-1, keepdim=True).to(scores.dtype)
         out = (weights @ v).transpose(1, 2).reshape(b, length, -1)
         return self.o_proj(out)
 

@@ -22,6 +22,9 @@ class CrossAttentionOptions(ComponentOptions):
     num_layers: int = Field(2, ge=1, description="Cross-attention blocks in the stack.")
     num_heads: int = Field(8, ge=1, description="Attention heads (must divide the LLM width).")
     ffn_mult: int = Field(4, ge=1, description="Feed-forward width as a multiple of the LLM width.")
+    self_attention: bool = Field(
+        False, description="Causal self-attention among the text tokens in every block, as BESTOW's transformer "
+                           "decoder has: a token's query then knows where it is in the text (beam search unsupported).")
 
 
 class GatedXAttnOptions(ComponentOptions):

@@ -32,15 +32,20 @@ def _hz(m):
 
 def spec_augment(wave: np.ndarray, sampling_rate: int, rng: np.random.Generator) -> np.ndarray:
     """``wave [S]`` -> ``[S]`` with ``FREQ_MASKS`` bands removed and ``TIME_MASKS`` spans zeroed."""
+    from scipy.fft import irfft, next_fast_len, rfft
+
     n = len(wave)
-    spectrum = np.fft.rfft(wave)
+    # Zero-padded to a length with small prime factors: clip lengths are arbitrary, and an FFT of a
+    # length with a large prime factor is ~10x slower (a third of a CPU training step on the digits recipe).
+    size = next_fast_len(n, real=True)
+    spectrum = rfft(wave, n=size)
     top = _mel(sampling_rate / 2)
     for _ in range(FREQ_MASKS):
         width = rng.uniform(0, FREQ_MASK_MAX) * top
         lo = rng.uniform(0, top - width)
         lo_bin, hi_bin = (np.asarray(_hz([lo, lo + width])) / (sampling_rate / 2) * (len(spectrum) - 1)).astype(int)
         spectrum[lo_bin:hi_bin + 1] = 0
-    out = np.fft.irfft(spectrum, n=n).astype(np.float32)
+    out = irfft(spectrum, n=size)[:n].astype(np.float32)
     for _ in range(TIME_MASKS):
         width = int(rng.uniform(0, TIME_MASK_MAX) * n)
         start = int(rng.integers(0, max(1, n - width)))

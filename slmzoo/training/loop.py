@@ -70,6 +70,16 @@ def _root_unsharded(model, sharded: bool):
             yield
 
 
+def skips_layers(model: torch.nn.Module) -> bool:
+    """Whether a part of ``model`` drops layers at random in training (a transformers config's ``layerdrop`` or
+    ``*_layerdrop``: Parakeet's FastConformer, HuBERT and wav2vec2 default to 0.1). Each rank then leaves other
+    parameters without a gradient, and DDP must look for them (``find_unused_parameters``) or the ranks'
+    all-reduces mismatch (gloo: "Received data size doesn't match expected size")."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}.values()
+    return any(isinstance(value, (int, float)) and value > 0 for config in configs
+               for key, value in vars(config).items() if key == "layerdrop" or key.endswith("_layerdrop"))
+
+
 def validate(model, dataset, cuts: list, limit: int | None, batch_size: int = 32) -> dict:
     """Loss (teacher-forced, no augmentation) on the validation cuts, plus the model's own decoding metrics
     (``decode_metrics``: greedy WER / CER for text models)."""
@@ -124,14 +134,16 @@ def setup(card, options: RunOptions) -> Run:
     """Accelerator, model (resumed weights loaded before wrapping), optimizer, scheduler, data and logger."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 
     from slmzoo.builder import build
 
     cfg, out = card.train, Path(options.out)
     # A second run in one process (tests, notebooks) may change the precision; the state is a singleton.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=PRECISION[cfg.precision], gradient_accumulation_steps=cfg.grad_accum)
+    ddp = DistributedDataParallelKwargs()  # set once the model is built (see skips_layers), read by prepare
+    accelerator = Accelerator(mixed_precision=PRECISION[cfg.precision], gradient_accumulation_steps=cfg.grad_accum,
+                              kwargs_handlers=[ddp])
     is_main, rank = accelerator.is_main_process, accelerator.process_index
     resume_from = ckpt.latest_checkpoint(out) if options.resume else None
     if not options.resume and ckpt.latest_checkpoint(out, intact=False) is not None:
@@ -147,6 +159,7 @@ def setup(card, options: RunOptions) -> Run:
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
+    ddp.find_unused_parameters = skips_layers(model)
     saved_keys = ckpt.weight_keys(model)  # names before wrapping: FSDP1 renames parameters
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
