@@ -9,8 +9,9 @@ embeddings are left alone.
 
 ``self_attention: true`` is BESTOW as NeMo builds it (a causal transformer decoder: self-attention among the
 text tokens, cross-attention to the audio, feed-forward). Without it a token's query is its embedding alone,
-which carries no position: "two" asks the audio the same question wherever it stands in "two five two", and a
-tiny model on the digits corpus plateaus far above a concatenation model. With it, the hook keeps each
+which carries no position: "two" asks the audio the same question wherever it stands in "two five two". (On
+the digits corpus a tiny BESTOW stays far above a concatenation model with or without it: 38.4% vs 38.7% test
+WER, README benchmark.) With it, the hook keeps each
 block's self-attention inputs (:class:`TextContext`) so every generated token attends to the prompt and the
 tokens before it, as a full forward would; beam search, which reorders the rows, is not followed.
 """
