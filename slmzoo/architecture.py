@@ -58,13 +58,6 @@ class Architecture(UsesProcessor, nn.Module):
 
     # -- building ------------------------------------------------------------------------------------
     @classmethod
-    def processor_from_card(cls, card, meta: bool = False):
-        """The processor this architecture's models use (tokenizer, chat format, audio settings)."""
-        from slmzoo.processing import Processor
-
-        return Processor.from_card(card, meta=meta)
-
-    @classmethod
     def build_components(cls, context: "BuildContext") -> dict[str, nn.Module | None]:
         """Build every section in the architecture's build order; each component may read what the ones before
         it published to the context (``Component.context_fields``)."""

@@ -110,7 +110,9 @@ def build(card, meta: bool = False, preset: str | None = None, overrides=None, l
         card = load_card(card, preset=preset, overrides=overrides)
     model_class = card.spec.load_model_class()
     if processor is None:
-        processor = model_class.processor_from_card(card, meta=meta)
+        from slmzoo.processing import card_processor
+
+        processor = card_processor(card, meta=meta)
     context = BuildContext(card=card, meta=meta, load_weights=load_weights, processor=processor)
     with torch.device("meta") if meta else contextlib.nullcontext():
         components = model_class.build_components(context)

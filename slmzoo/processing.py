@@ -234,17 +234,26 @@ def _load_tokenizer(source: str | None, chat_format: str | None, audio_tag: str,
                                  "local folder or tokenizer: bytes (the built-in byte-level tokenizer)") from None
 
 
+def card_processor(card, meta: bool = False, tokenizer_dir: str | os.PathLike | None = None) -> Processor:
+    """The processor of a resolved card, as its architecture makes it (its ``processor`` factory, else
+    :meth:`Processor.from_card`): the one place building a model and loading a saved one get it from."""
+    factory = card.spec.load_processor_factory() if card.spec is not None else None
+    if factory is not None:
+        return factory(card, meta=meta, tokenizer_dir=tokenizer_dir)
+    return Processor.from_card(card, meta=meta, tokenizer_dir=tokenizer_dir)
+
+
 def load_processor(source, preset: str | None = None, overrides=None, meta: bool = False) -> Processor:
     """The processor of a card (a name, a path, or a loaded card) or of a saved model folder, without building
     (or importing) the model."""
     from slmzoo.card.loader import ResolvedCard, load_card
 
     if isinstance(source, ResolvedCard):
-        return Processor.from_card(source, meta=meta)
+        return card_processor(source, meta=meta)
     from slmzoo import saving
 
     if saving.is_saved_model(source):
         if preset or overrides:
             raise ValueError(f"{source} is a saved model: presets and overrides apply to cards only")
-        return Processor.from_card(saving.load_saved_card(source), tokenizer_dir=Path(source) / saving.TOKENIZER_DIR)
-    return Processor.from_card(load_card(source, preset=preset, overrides=overrides), meta=meta)
+        return card_processor(saving.load_saved_card(source), tokenizer_dir=Path(source) / saving.TOKENIZER_DIR)
+    return card_processor(load_card(source, preset=preset, overrides=overrides), meta=meta)

@@ -137,7 +137,10 @@ class ArchitectureSpec:
     """How a model is assembled. ``sections`` are in card order; ``build_order`` (default: card order) is the
     order components are built in (a component may size itself from those built before it). ``model`` is the
     ``"module:Class"`` of the model (a :class:`slmzoo.architecture.Architecture`). ``card_fields`` is an optional
-    pydantic model whose fields become top-level card keys of this architecture (loss weights, say)."""
+    pydantic model whose fields become top-level card keys of this architecture (loss weights, say).
+    ``processor`` is an optional ``"module:function"`` making the architecture's processor,
+    ``function(card, meta=..., tokenizer_dir=...)``; it must import no torch (``load_processor`` builds no model),
+    and is used for building and for loading a saved model alike. Default: :meth:`Processor.from_card`."""
 
     name: str
     description: str
@@ -145,6 +148,7 @@ class ArchitectureSpec:
     model: str
     build_order: tuple[str, ...] = ()
     card_fields: type[BaseModel] | None = None
+    processor: str | None = None
     aliases: tuple[str, ...] = ()
     provider: str = "?"
 
@@ -169,6 +173,9 @@ class ArchitectureSpec:
 
     def load_model_class(self) -> type:
         return load_object(self.model, f"{self.provider}: architecture {self.name!r}")
+
+    def load_processor_factory(self) -> Callable[..., Any] | None:
+        return load_object(self.processor, f"{self.provider}: architecture {self.name!r}") if self.processor else None
 
 
 @dataclass(frozen=True)

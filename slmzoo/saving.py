@@ -351,7 +351,7 @@ def load_pretrained(directory: str | os.PathLike, device: "str | torch.device | 
     built from the saved card without downloading backbones unless only trained weights were saved, the weights
     loaded strictly. In eval mode."""
     from slmzoo.builder import build
-    from slmzoo.processing import Processor
+    from slmzoo.processing import card_processor
 
     directory = Path(directory)
     if check:
@@ -360,7 +360,7 @@ def load_pretrained(directory: str | os.PathLike, device: "str | torch.device | 
     if not has_weights(directory):
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE})")
     trainable_only = bool(read_info(directory).get("trainable_only"))
-    processor = Processor.from_card(card, tokenizer_dir=directory / TOKENIZER_DIR)
+    processor = card_processor(card, tokenizer_dir=directory / TOKENIZER_DIR)
     model = build(card, load_weights=trainable_only, processor=processor)
     try:
         tensors = read_weights(directory)

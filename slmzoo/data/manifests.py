@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterator
 
@@ -119,7 +119,19 @@ def open_manifest(path: str | Path, issues: DataIssues | None = None) -> CutSet:
         raise FileNotFoundError(f"{path}: no such manifest")
     if is_nemo_manifest(path):
         return CutSet(LazyNeMoIterator(path, issues))
-    return CutSet.from_jsonl_lazy(path)
+    return CutSet.from_jsonl_lazy(path).map(partial(_relative_to, path.parent.resolve()))
+
+
+def _relative_to(folder: Path, cut):
+    """A Lhotse cut with its relative audio paths (the recording's and those of recordings in ``custom``, such as a
+    duplex cut's ``target_audio``) read relative to the manifest's folder, as NeMo manifests are."""
+    recordings = [cut.recording] if cut.has_recording else []
+    recordings += [v for v in (cut.custom or {}).values() if isinstance(v, Recording)]
+    for recording in recordings:
+        for source in recording.sources:
+            if source.type == "file" and not Path(source.source).is_absolute():
+                source.source = str(folder / source.source)
+    return cut
 
 
 def training_cuts(specs: list[str], issues: DataIssues | None = None, seed: int = 0) -> CutSet:

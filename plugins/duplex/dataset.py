@@ -1,0 +1,99 @@
+"""Duplex cuts -> batches (NeMo's ``DuplexS2SDataset``, ``s2s_dataset.py`` 102-126).
+
+A cut is one conversation: ``recording`` is the user channel, ``custom["target_audio"]`` the agent channel (same
+duration, time-aligned), one supervision per turn with its ``speaker``. The batch holds::
+
+    audio [B, S] @ encoder rate, audio_lens [B]                the user channel
+    target_audio [B, S'] @ codec rate, target_audio_lens [B]   the agent channel, resampled explicitly (newer Lhotse
+                                                               no longer resamples recordings in ``custom``)
+    target_tokens [B, T], target_token_lens [B]                the agent's text channel, one id per frame
+    target_texts                                               the agent's turns joined: BLEU references
+
+plus ``ids``, ``duration`` and ``issues`` like every slmzoo batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from slmzoo.audio import resample
+from slmzoo.data.dataset import BadItem, load_waveform
+from slmzoo.data.issues import DataError
+from slmzoo_plugins.duplex.token_channel import TextChannelIds, build_token_channel, text_to_ids
+
+
+def load_target_audio(cut, sampling_rate: int) -> np.ndarray:
+    """The agent channel of ``cut`` as mono float32 at ``sampling_rate``."""
+    recording = (cut.custom or {}).get("target_audio")
+    if recording is None:
+        raise BadItem("no custom['target_audio'] (the agent channel of a duplex cut)", "missing")
+    try:
+        wave = recording.load_audio(offset=cut.start, duration=cut.duration)
+    except FileNotFoundError as error:
+        raise BadItem(f"missing target audio ({error})", "missing") from None
+    except Exception as error:  # noqa: BLE001 - lhotse and soundfile raise many types; all mean unreadable
+        raise BadItem(f"unreadable target audio ({type(error).__name__}: {error})", "unreadable") from None
+    wave = np.asarray(wave, dtype=np.float32)
+    wave = wave.mean(axis=0) if wave.ndim == 2 else wave
+    if wave.size == 0 or not np.isfinite(wave).all():
+        raise BadItem("target audio is empty or not finite", "nan")
+    return resample(wave, recording.sampling_rate, sampling_rate)
+
+
+def agent_text(cut, roles) -> str:
+    return " ".join(s.text for s in cut.supervisions if s.speaker in roles and s.text)
+
+
+def pad_waves(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    audio = torch.zeros(len(waves), int(lengths.max()))
+    for i, wave in enumerate(waves):
+        audio[i, : len(wave)] = torch.from_numpy(wave)
+    return audio, lengths
+
+
+class DuplexDataset(torch.utils.data.Dataset):
+    """Map-style Lhotse dataset: ``dataset[(batch_index, cuts)]`` -> the batch above."""
+
+    def __init__(self, tokenizer, ids: TextChannelIds, settings, source_rate: int, target_rate: int,
+                 strict: bool = False):
+        self.to_ids = text_to_ids(tokenizer)
+        self.ids, self.settings = ids, settings
+        self.source_rate, self.target_rate = source_rate, target_rate
+        self.strict = strict
+
+    def tokens(self, cut) -> list[int]:
+        return build_token_channel(cut.supervisions, cut.duration, self.settings.frame_length, self.source_rate,
+                                   self.to_ids, self.ids, self.settings.output_roles)
+
+    def __getitem__(self, item) -> dict[str, Any]:
+        _index, cuts = item if isinstance(item, tuple) else (0, item)
+        sources, targets, tokens, texts, names, issues = [], [], [], [], [], []
+        for cut in cuts:
+            try:
+                source, target = load_waveform(cut, self.source_rate), load_target_audio(cut, self.target_rate)
+            except BadItem as bad:
+                if self.strict:
+                    raise DataError(f"{cut.id}: {bad.reason} (--strict stops at the first bad item)") from None
+                issues.append((cut.id, bad.reason, bad.kind))
+                continue
+            sources.append(source)
+            targets.append(target)
+            tokens.append(self.tokens(cut))
+            texts.append(agent_text(cut, self.settings.output_roles))
+            names.append(cut.id)
+        batch: dict[str, Any] = {"ids": names, "issues": issues, "target_texts": texts,
+                                 "duration": sum(len(w) for w in sources) / self.source_rate}
+        if not sources:
+            return batch
+        batch["audio"], batch["audio_lens"] = pad_waves(sources)
+        batch["target_audio"], batch["target_audio_lens"] = pad_waves(targets)
+        token_lens = torch.tensor([len(t) for t in tokens], dtype=torch.long)
+        channel = torch.full((len(tokens), int(token_lens.max())), self.ids.pad, dtype=torch.long)
+        for i, row in enumerate(tokens):
+            channel[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        batch["target_tokens"], batch["target_token_lens"] = channel, token_lens
+        return batch

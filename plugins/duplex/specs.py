@@ -1,0 +1,98 @@
+"""Duplex specs: the ``codec`` and ``speech_head`` kinds, their components and the ``duplex_s2s`` architecture.
+
+Imports no torch; implementations load when a model is built. See ``../shared/research/duplex.md`` for the NeMo
+code this follows (``DuplexS2SModel``, ``duplex_s2s_model.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmzoo import hookimpl
+from slmzoo.registry import ArchitectureSpec, ComponentKind, ComponentOptions, ComponentSpec, Section
+
+KINDS = (
+    ComponentKind("codec", "A frozen neural audio codec: waveform [B, S] -> codes [B, K, T] and back, K codebooks "
+                  "of V codes at a fixed frame rate.", base="slmzoo_plugins.duplex.components:Codec"),
+    ComponentKind("speech_head", "Predicts the K codebooks of the agent's next speech frame from the LLM's hidden "
+                  "states (and embeds the previous frame's codes).",
+                  base="slmzoo_plugins.duplex.components:SpeechHead"),
+)
+
+
+class MimiOptions(ComponentOptions):
+    """Kyutai's Mimi codec (transformers' ``MimiModel``): 24 kHz, 12.5 frames/s, split residual VQ."""
+
+    pretrained: str | None = Field(None, description="Hub id or local folder of a Mimi checkpoint (kyutai/mimi).")
+    config: dict[str, Any] | None = Field(None, description="Inline MimiConfig fields for random weights.")
+    num_codebooks: int = Field(8, ge=1, description="Codebooks used (the first K quantizers of the residual VQ).")
+
+
+class ParallelHeadOptions(ComponentOptions):
+    """NeMo DuplexS2SModel's audio head: one Linear ``H -> K * (V + 3)``, all codebooks of a frame in parallel, and
+    one embedding table per codebook whose sum joins the LLM input."""
+
+
+class DuplexSettings(BaseModel):
+    """The ``duplex:`` block of a duplex card: NeMo's loss weights, user-channel weight, frame clock and roles."""
+
+    model_config = ConfigDict(extra="forbid")
+    text_loss_weight: float = Field(3.0, ge=0, description="Weight of the text-channel loss (NeMo YAML: 3).")
+    audio_loss_weight: float = Field(4.0, ge=0, description="Weight of the speech-code loss (NeMo YAML: 4; its "
+                                     "tests and the paper: 1).")
+    masked_loss: bool = Field(False, description="Leave padded frames out of both losses; NeMo sums over them "
+                              "(and divides by the valid frames only).")
+    user_channel_weight: float = Field(1.0, description="Scale of the user's encoder frames in the LLM input "
+                                       "(NeMo's duplex_user_channel_weight).")
+    frame_length: float = Field(0.08, gt=0, description="Seconds per frame: the encoder, text and codec clock.")
+    input_roles: list[str] = Field(default_factory=lambda: ["user", "User"], description="Speakers of the user.")
+    output_roles: list[str] = Field(default_factory=lambda: ["agent", "Assistant", "assistant"],
+                                    description="Speakers of the agent, whose text and speech the model produces.")
+    bos_token: str | None = Field(None, description="Text token opening each agent turn; default the tokenizer's "
+                                  "BOS (a <|startoftext|> special token is added to a tokenizer without one).")
+
+
+class DuplexCardFields(BaseModel):
+    duplex: DuplexSettings = Field(default_factory=DuplexSettings, description="Duplex training and decoding.")
+
+
+DUPLEX_S2S = ArchitectureSpec(
+    name="duplex_s2s",
+    description="Full-duplex speech-to-speech (NeMo DuplexS2SModel): per 80 ms frame the LLM reads the user's "
+                "encoder frame + the agent's text token + its previous speech codes, and predicts the next text "
+                "token and this frame's K codebooks; a codec turns the codes into speech.",
+    sections=(
+        Section("encoder", "encoder", description="The user channel's streaming speech encoder."),
+        Section("adapter", "adapter", description="Maps encoder frames into the LLM width."),
+        Section("llm", "llm", description="The language model, one position per frame."),
+        Section("codec", "codec", description="The agent's speech codec (frozen, fp32)."),
+        Section("speech_head", "speech_head", required=False, default={"type": "parallel"},
+                description="Speech-code embeddings in and logits out; default: NeMo's parallel linear head."),
+    ),
+    build_order=("llm", "codec", "encoder", "adapter", "speech_head"),
+    model="slmzoo_plugins.duplex.model:DuplexS2S",
+    card_fields=DuplexCardFields,
+    processor="slmzoo_plugins.duplex.processing:duplex_processor",
+)
+
+
+@hookimpl
+def slmzoo_register_components(register):
+    for kind in KINDS:
+        register(kind)
+    register(ComponentSpec(
+        kind="codec", name="mimi", description="Kyutai Mimi (transformers MimiModel): 24 kHz, 12.5 frames/s, "
+        "residual VQ; the first num_codebooks quantizers are used.", options=MimiOptions,
+        factory="slmzoo_plugins.duplex.mimi:MimiCodec",
+        example={"config": {"hidden_size": 32, "num_filters": 8, "upsample_groups": 32, "codebook_size": 64,
+                            "codebook_dim": 16, "vector_quantization_hidden_dimension": 16, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
+                            "intermediate_size": 64, "num_quantizers": 4, "sliding_window": 16},
+                 "num_codebooks": 4}))
+    register(ComponentSpec(
+        kind="speech_head", name="parallel", description="NeMo DuplexS2SModel's audio head: Linear H -> K x (V+3) "
+        "and K summed code embeddings in the LLM input.", options=ParallelHeadOptions,
+        factory="slmzoo_plugins.duplex.speech_heads:ParallelSpeechHead"))
+    register(DUPLEX_S2S)
