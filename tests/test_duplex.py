@@ -1,0 +1,167 @@
+"""The duplex speech-to-speech plugin: NeMo's text channel (its golden example), the frame layout of
+``prepare_inputs``, the loss normalisation, cached frame-by-frame decoding, batch invariance, the corpus reader and
+the saved-model round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lhotse import SupervisionSegment
+
+import slmzoo
+from slmzoo.data.manifests import eval_cuts
+from slmzoo_plugins.duplex.token_channel import TextChannelIds, build_token_channel, text_to_ids
+from tests.conftest import REPO, speechlike
+
+DUPLEX = REPO.parent / "shared" / "data" / "duplex"
+
+
+def word_tokenizer(vocab: dict[str, int]):
+    """A word-level tokenizer with the given ids (TinyLlama's, for NeMo's golden example)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_token_channel_is_nemos_golden_example():
+    """NeMo's tests/collections/speechlm2/test_duplex_s2s.py: a 1 s cut at 16 kHz (13 frames), TinyLlama ids."""
+    tokenizer = word_tokenizer({"<unk>": 0, "<s>": 1, "</s>": 2, "ok": 3431, "okay": 20759, "hi": 6324,
+                                "hello": 22172})
+    turns = [("hi", 0.0, 0.1, "user"), ("hello", 0.3, 0.1, "assistant"), ("ok", 0.5, 0.1, "user"),
+             ("okay", 0.6, 0.4, "assistant")]
+    supervisions = [SupervisionSegment(id=str(i), recording_id="r", start=s, duration=d, text=t, speaker=who)
+                    for i, (t, s, d, who) in enumerate(turns)]
+    ids = TextChannelIds(bos=1, eos=2, pad=0)
+    channel = lambda roles: build_token_channel(supervisions, 1.0, 0.08, 16000, text_to_ids(tokenizer), ids, roles)
+    assert channel(["assistant"]) == [0, 0, 0, 0, 1, 2, 0, 0, 1, 20759, 0, 0, 0]
+    assert channel(["user"]) == [1, 2, 0, 0, 0, 0, 1, 3431, 2, 0, 0, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    cuts = eval_cuts(DUPLEX / "dev_cuts.jsonl")[:3]
+    return model.training_dataset(model.card.train)[(0, cuts)]
+
+
+def test_dataset_reads_the_corpus_channels_at_their_rates(model):
+    cuts = [c for c in eval_cuts(DUPLEX / "dev_cuts.jsonl") if len(c.supervisions) == 4][:2]
+    batch = model.training_dataset(model.card.train)[(0, cuts)]
+    answers = [[s.text for s in c.supervisions if s.speaker == "assistant"] for c in cuts]
+    assert batch["target_texts"] == [" ".join(a) for a in answers]  # both agent turns, joined
+    # user at the encoder's 16 kHz, agent at the codec's 24 kHz, the same duration
+    assert torch.allclose(batch["audio_lens"] / 16000, batch["target_audio_lens"] / model.codec.sampling_rate,
+                          atol=1e-3)
+    for tokens in batch["target_tokens"]:
+        assert int((tokens == model.text_ids.bos).sum()) == 2  # one BOS per agent turn
+        assert int((tokens == model.text_ids.eos).sum()) == 2
+
+
+def test_prepare_inputs_lays_the_streams_out_as_nemo(model, batch):
+    with torch.no_grad():
+        inputs = model.prepare_inputs(batch)
+        codes, _ = model.speech_codes(batch["target_audio"], batch["target_audio_lens"])
+    frames = inputs.text_labels.shape[1] + 1
+    text = batch["target_tokens"][:, :frames]
+    vocabulary = model.vocabulary
+    # targets: the text of frame t + 1 and the codes of frame t, speech BOS / EOS wherever the text has them
+    assert torch.equal(inputs.text_labels, text[:, 1:])
+    expected = codes[:, : frames - 1].clone()
+    expected[text[:, : frames - 1] == model.text_ids.bos] = vocabulary.bos
+    expected[text[:, : frames - 1] == model.text_ids.eos] = vocabulary.eos
+    assert torch.equal(inputs.audio_labels, expected)
+    assert (inputs.audio_labels == vocabulary.bos).any() and (inputs.audio_labels == vocabulary.eos).any()
+    # inputs: delay codes at frame 0, then the codes of the frame before
+    assert (inputs.audio_in[:, 0] == vocabulary.delay).all()
+    assert torch.equal(inputs.audio_in[:, 1:], inputs.audio_labels[:, :-1])
+    assert inputs.lengths.tolist() == [int(n) - 1 for n in torch.minimum(
+        model.codec.code_lengths(batch["target_audio_lens"]), (batch["audio_lens"] + 1279) // 1280)]
+
+
+def test_loss_is_weighted_and_normalised_by_valid_frames(model, batch):
+    with torch.no_grad():
+        out = model(batch)
+    weights = model.settings
+    assert torch.allclose(out.loss, weights.text_loss_weight * out.losses["text_loss"]
+                          + weights.audio_loss_weight * out.losses["audio_loss"])
+    assert out.num_tokens == int(model.prepare_inputs(batch).lengths.sum())
+    # padded frames count in NeMo's sum; the masked variant leaves them out
+    model.settings = weights.model_copy(update={"masked_loss": True})
+    try:
+        with torch.no_grad():
+            masked = model(batch)
+    finally:
+        model.settings = weights
+    assert masked.losses["text_loss"] < out.losses["text_loss"]
+
+
+def test_training_reaches_every_trainable_weight_and_never_the_codec(batch):
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny", overrides=[
+        "encoder.config.layerdrop=0.0"])).train()
+    assert not model.codec.training  # frozen codec stays in inference mode
+    model(batch).loss.backward()
+    params = dict(model.named_parameters())
+    assert not any(p.requires_grad for n, p in params.items() if n.startswith("codec."))
+    missing = [n for n, p in params.items() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:8]
+
+
+def test_cached_frame_loop_equals_a_full_forward(model):
+    """Each greedy step with the KV cache predicts what a teacher-forced pass over the generated channels does."""
+    waves = [speechlike(1.3, 0), speechlike(0.9, 1)]
+    with torch.no_grad():
+        out = model.generate_duplex(waves, 16000, decode_audio=False)
+        user, _ = model.perceive(*_padded(waves))
+        text_in = torch.cat([torch.full_like(out.text_tokens[:, :1], model.text_ids.pad), out.text_tokens[:, :-1]], 1)
+        codes_in = torch.cat([torch.full_like(out.audio_codes[:, :1], model.vocabulary.delay),
+                              out.audio_codes[:, :-1]], 1)
+        embeds = user * model.settings.user_channel_weight + model.frame_embeddings(text_in, codes_in)
+        hidden, _ = model.llm.hidden_states(embeds, torch.ones(embeds.shape[:2], dtype=torch.long))
+        assert torch.equal(model.llm.head(hidden).argmax(-1), out.text_tokens)
+        assert torch.equal(model.speech_head(hidden, codes_in).argmax(-1), out.audio_codes)
+
+
+def _padded(waves):
+    from slmzoo_plugins.duplex.dataset import pad_waves
+
+    return pad_waves(waves)
+
+
+def test_generation_does_not_depend_on_batch_companions(model):
+    short, long = speechlike(0.9, 3), speechlike(1.6, 4)
+    with torch.no_grad():
+        alone = model.generate_duplex([short], 16000)
+        batched = model.generate_duplex([long, short], 16000)
+    n = int(alone.lengths[0])
+    assert batched.lengths[1] == n
+    assert torch.equal(batched.text_tokens[1, :n], alone.text_tokens[0, :n])
+    assert torch.equal(batched.audio_codes[1, :n], alone.audio_codes[0, :n])
+    assert batched.texts[1] == alone.texts[0]
+    # speech comes out at the codec's rate, frame-aligned with the input: one codec frame per 80 ms frame
+    assert alone.sampling_rate == model.codec.sampling_rate
+    assert alone.audio[0].shape[0] == n * model.codec.samples_per_frame
+
+
+def test_a_duplex_model_takes_no_prompt(model):
+    with pytest.raises(ValueError, match="no prompt"):
+        model.generate([speechlike(0.5)], prompts=["Transcribe the audio."])
+    assert isinstance(model.generate([speechlike(0.5)])[0], str)
+
+
+def test_saved_duplex_model_loads_and_answers_the_same(model, tmp_path):
+    model.save_pretrained(tmp_path / "saved")
+    again = slmzoo.from_pretrained(tmp_path / "saved")
+    assert again.text_ids == model.text_ids  # the added BOS token is there again (byte tokenizer: no files)
+    wave = [speechlike(1.1, 5)]
+    with torch.no_grad():
+        assert torch.equal(again.generate_duplex(wave, 16000, decode_audio=False).text_tokens,
+                           model.generate_duplex(wave, 16000, decode_audio=False).text_tokens)
