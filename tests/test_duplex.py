@@ -165,3 +165,57 @@ def test_saved_duplex_model_loads_and_answers_the_same(model, tmp_path):
     with torch.no_grad():
         assert torch.equal(again.generate_duplex(wave, 16000, decode_audio=False).text_tokens,
                            model.generate_duplex(wave, 16000, decode_audio=False).text_tokens)
+
+
+# -- the spectral k-means codec -------------------------------------------------------------------------------
+def spectral_codec(tmp_path, waves, size=32):
+    """A ``spectral_kmeans`` codec fitted on ``waves`` (random spectra before fitting)."""
+    import numpy as np
+
+    from slmzoo.builder import BuildContext
+
+    card = slmzoo.load_card("duplex-s2s", preset="tiny", overrides=["codec={type: spectral_kmeans, "
+                                                                    f"codebook_size: {size}, griffin_lim_iters: 8}}"])
+    codec = BuildContext(card=card).build_block("codec", card.data["codec"], "codec")
+    np.save(tmp_path / "codebook.npy", codec.fit([torch.from_numpy(w) for w in waves], size, iters=10).numpy())
+    fitted = slmzoo.load_card("duplex-s2s", preset="tiny", overrides=[
+        f"codec={{type: spectral_kmeans, codebook: {tmp_path / 'codebook.npy'}, griffin_lim_iters: 8}}"])
+    return codec, BuildContext(card=fitted).build_block("codec", fitted.data["codec"], "codec")
+
+
+def test_spectral_codec_codes_80ms_frames_and_reconstructs_what_it_was_fitted_on(tmp_path):
+    waves = [speechlike(1.0, 0), speechlike(0.7, 1)]
+    random, codec = spectral_codec(tmp_path, waves)
+    assert (codec.num_codebooks, codec.frame_rate, codec.samples_per_frame) == (8, 12.5, 1280)
+    audio, lengths = _padded(waves)
+    codes, frames = codec.encode(audio, lengths)
+    assert codes.shape == (2, 8, 13) and frames.tolist() == [13, 9]  # a partial last frame counts
+    assert int(codes.max()) < codec.codebook_size
+    decoded, samples = codec.decode(codes, frames)
+    assert decoded.shape == (2, 13 * 1280) and samples.tolist() == [13 * 1280, 9 * 1280]
+
+    def error(c):  # log-magnitude error of the reconstruction, over the clip
+        rebuilt, _ = c.decode(*c.encode(audio[:1], lengths[:1]))
+        target = c.spectra(c._frames(audio[:1]))
+        return float((c.spectra(rebuilt[:, : target.shape[1] * c.hop]) - target).abs().mean())
+
+    assert error(codec) < 0.5 * error(random)
+
+
+def test_codec_fit_command_writes_a_codebook_the_card_uses(tmp_path):
+    from typer.testing import CliRunner
+
+    from slmzoo.cli.main import app
+
+    out = tmp_path / "codec.npy"
+    result = CliRunner().invoke(app, ["codec", "fit", "duplex-s2s", "--preset", "tiny", "--set",
+                                      "codec={type: spectral_kmeans}", "--data", str(DUPLEX / "dev_cuts.jsonl"),
+                                      "--max-utterances", "3", "--codes", "16", "--iters", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"--set codec.codebook={out}" in result.output
+    import numpy as np
+
+    assert np.load(out).shape == (16, 257)
+    refused = CliRunner().invoke(app, ["codec", "fit", "duplex-s2s", "--preset", "tiny", "--data",
+                                       str(DUPLEX / "dev_cuts.jsonl"), "--out", str(out)])
+    assert refused.exit_code == 2 and "spectral_kmeans" in refused.output

@@ -30,6 +30,19 @@ class MimiOptions(ComponentOptions):
     num_codebooks: int = Field(8, ge=1, description="Codebooks used (the first K quantizers of the residual VQ).")
 
 
+class SpectralKMeansOptions(ComponentOptions):
+    """A codec fitted on the corpus (``slmzoo codec fit``): k-means over 10 ms log-magnitude spectra, Griffin-Lim."""
+
+    codebook: str | None = Field(None, description="The fitted centroids [V, n_fft/2+1] (.npy, from `slmzoo codec "
+                                 "fit`); omit for random spectra (tests) or a saved model, whose weights hold them.")
+    codebook_size: int = Field(256, ge=2, description="V, when no codebook file is given (`codec fit` default).")
+    sampling_rate: int = Field(16000, description="Audio rate of the codec.")
+    frame_rate: float = Field(12.5, gt=0, description="Codec frames per second (the model's 80 ms clock).")
+    sub_frames: int = Field(8, ge=1, description="K: sub-frames (10 ms spectra) per frame, one codebook each.")
+    n_fft: int = Field(512, ge=16)
+    griffin_lim_iters: int = Field(32, ge=1, description="Griffin-Lim iterations when decoding.")
+
+
 class ParallelHeadOptions(ComponentOptions):
     """NeMo DuplexS2SModel's audio head: one Linear ``H -> K * (V + 3)``, all codebooks of a frame in parallel, and
     one embedding table per codebook whose sum joins the LLM input."""
@@ -79,6 +92,13 @@ DUPLEX_S2S = ArchitectureSpec(
 
 
 @hookimpl
+def slmzoo_register_commands(register):
+    from slmzoo_plugins.duplex.codec_cli import codec_app
+
+    register("codec", codec_app, help="Speech codecs: fit a codebook on a corpus.")
+
+
+@hookimpl
 def slmzoo_register_components(register):
     for kind in KINDS:
         register(kind)
@@ -91,6 +111,11 @@ def slmzoo_register_components(register):
                             "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
                             "intermediate_size": 64, "num_quantizers": 4, "sliding_window": 16},
                  "num_codebooks": 4}))
+    register(ComponentSpec(
+        kind="codec", name="spectral_kmeans", description="A codec fitted on the corpus in a minute (slmzoo codec "
+        "fit): k-means codes of 10 ms log-magnitude spectra, K per 80 ms frame; Griffin-Lim decoding.",
+        options=SpectralKMeansOptions, factory="slmzoo_plugins.duplex.spectral_codec:SpectralKMeansCodec",
+        example={"codebook_size": 16, "griffin_lim_iters": 4}))
     register(ComponentSpec(
         kind="speech_head", name="parallel", description="NeMo DuplexS2SModel's audio head: Linear H -> K x (V+3) "
         "and K summed code embeddings in the LLM input.", options=ParallelHeadOptions,
