@@ -209,6 +209,7 @@ def train_step(run: Run, params: list) -> dict:
     cfg, accelerator = run.cfg, run.accelerator
     lr = cfg.lr * lr_factor(run.step, cfg.warmup_steps, cfg.max_steps, cfg.schedule)
     step_loss, grad_norm, step_audio, real, padded = 0.0, None, 0.0, 0, 0
+    parts: dict[str, float] = {}  # the named parts of the loss (ModelOutput.losses), e.g. text and audio
     for _ in range(cfg.grad_accum):
         batch = _next_batch(run)
         step_audio += batch["duration"]
@@ -216,7 +217,10 @@ def train_step(run: Run, params: list) -> dict:
             real += int(batch["audio_lens"].sum())
             padded += batch["audio"].numel()
         with accelerator.accumulate(run.model):
-            loss = run.model(tensors(batch, accelerator.device)).loss
+            out = run.model(tensors(batch, accelerator.device))
+            loss = out.loss
+            for name, part in out.losses.items():
+                parts[name] = parts.get(name, 0.0) + float(part.detach()) / cfg.grad_accum
             if not torch.isfinite(loss):
                 # A bad batch must not poison the weights: skip its update, count it, keep going.
                 run.issues.report(",".join(batch["ids"][:3]), "non-finite loss", "nan_loss")
@@ -232,7 +236,7 @@ def train_step(run: Run, params: list) -> dict:
     run.total_audio += step_audio
     step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean"))
     return {"loss": step_loss, "grad_norm": None if grad_norm is None else float(grad_norm), "lr": lr,
-            "audio": step_audio, "real_samples": real, "padded_samples": padded}
+            "audio": step_audio, "real_samples": real, "padded_samples": padded, "losses": parts}
 
 
 def save(run: Run) -> Path:
@@ -257,9 +261,12 @@ class _Window:
     def __init__(self):
         self.loss, self.n, self.audio, self.start = 0.0, 0, 0.0, time.perf_counter()
         self.real, self.padded = 0, 0
+        self.parts: dict[str, float] = {}
 
     def add(self, stats: dict) -> None:
         self.loss += stats["loss"]
+        for name, value in stats.get("losses", {}).items():
+            self.parts[name] = self.parts.get(name, 0.0) + value
         self.n += 1
         self.audio += stats["audio"]
         self.real += stats["real_samples"]
@@ -274,7 +281,9 @@ def periodic(run: Run, stats: dict, window: _Window, start_time: float, progress
     progress.update(step, stats["loss"], stats["lr"], run.total_audio / max(time.perf_counter() - start_time, 1e-9))
     if step % cfg.log_every == 0 or last:
         now = time.perf_counter()
-        run.logger.log({"step": step, "loss": window.loss / window.n, "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+        run.logger.log({"step": step, "loss": window.loss / window.n,
+                        **{name: total / window.n for name, total in window.parts.items()},
+                        "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                         "audio_sec_per_sec": window.audio / max(now - window.start, 1e-9),
                         "padding_efficiency": window.real / window.padded if window.padded else None,
                         "elapsed": now - start_time, "skipped": run.issues.total})
