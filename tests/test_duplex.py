@@ -40,10 +40,10 @@ def test_token_channel_is_nemos_golden_example():
     assert channel(["user"]) == [1, 2, 0, 0, 0, 0, 1, 3431, 2, 0, 0, 0, 0]
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["duplex-s2s", "duplex-s2s-speech-decoder"])
+def model(request):
     torch.manual_seed(0)
-    return slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny")).eval()
+    return slmzoo.build(slmzoo.load_card(request.param, preset="tiny")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,10 @@ def test_loss_is_weighted_and_normalised_by_valid_frames(model, batch):
     assert masked.losses["text_loss"] < out.losses["text_loss"]
 
 
-def test_training_reaches_every_trainable_weight_and_never_the_codec(batch):
+@pytest.mark.parametrize("card", ["duplex-s2s", "duplex-s2s-speech-decoder"])
+def test_training_reaches_every_trainable_weight_and_never_the_codec(card, batch):
     torch.manual_seed(0)
-    model = slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny", overrides=[
-        "encoder.config.layerdrop=0.0"])).train()
+    model = slmzoo.build(slmzoo.load_card(card, preset="tiny", overrides=["encoder.config.layerdrop=0.0"])).train()
     assert not model.codec.training  # frozen codec stays in inference mode
     model(batch).loss.backward()
     params = dict(model.named_parameters())
@@ -219,3 +219,24 @@ def test_codec_fit_command_writes_a_codebook_the_card_uses(tmp_path):
     refused = CliRunner().invoke(app, ["codec", "fit", "duplex-s2s", "--preset", "tiny", "--data",
                                        str(DUPLEX / "dev_cuts.jsonl"), "--out", str(out)])
     assert refused.exit_code == 2 and "spectral_kmeans" in refused.output
+
+
+# -- the autoregressive speech decoder -------------------------------------------------------------------------
+def test_speech_decoder_is_causal_and_steps_as_it_runs_whole():
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card("duplex-s2s-speech-decoder", preset="tiny")).eval()
+    head = model.speech_head
+    assert not head.embeds_into_llm  # this variant's LLM input has no speech codes
+    hidden = torch.randn(2, 9, model.llm.hidden_size)
+    codes = torch.randint(0, head.vocabulary.size, (2, 9, head.vocabulary.num_codebooks))
+    with torch.no_grad():
+        whole = head(hidden, codes)
+        changed = hidden.clone()
+        changed[:, 6:] += 1.0
+        assert torch.allclose(head(changed, codes)[:, :6], whole[:, :6], atol=1e-6)  # the future is not seen
+        assert not torch.allclose(head(changed, codes)[:, 6:], whole[:, 6:])
+        state, steps = None, []
+        for t in range(9):
+            logits, state = head.step(hidden[:, t : t + 1], codes[:, t : t + 1], state)
+            steps.append(logits)
+    assert torch.allclose(torch.cat(steps, 1), whole, atol=1e-5)

@@ -90,3 +90,9 @@ class SpeechHead(Component):
         """``hidden [B, T, H]`` (the LLM's last states), ``previous_codes [B, T, K]`` (frame t-1's codes at t) ->
         ``logits [B, T, K, V + 3]`` for frame t's codes."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def step(self, hidden: torch.Tensor, previous_codes: torch.Tensor, state=None):
+        """One frame while decoding: ``hidden [B, 1, H]``, ``previous_codes [B, 1, K]`` -> ``(logits [B, 1, K, V + 3],
+        state)``; ``state`` (``None`` at the first frame) is whatever the head keeps between frames. Default: none,
+        each frame on its own (a head that looks at no other frame)."""
+        return self(hidden, previous_codes), state

@@ -175,7 +175,7 @@ class DuplexS2S(Architecture):
                            device=device)
         previous_text = text[:, :1].clone()  # step 0: pad text and delay codes
         previous_codes = codes[:, :1].clone()
-        cache, mask = None, torch.zeros(batch, 0, dtype=torch.long, device=device)
+        cache, head_state, mask = None, None, torch.zeros(batch, 0, dtype=torch.long, device=device)
         for t in range(total):
             step = user[:, t : t + 1] + self.frame_embeddings(previous_text, previous_codes).to(user.dtype)
             mask = F.pad(mask, (0, 1), value=1)
@@ -183,7 +183,8 @@ class DuplexS2S(Architecture):
             hidden, cache = self.llm.hidden_states(step, mask, position_ids=positions, past_key_values=cache,
                                                    use_cache=True)
             text[:, t] = self.llm.head(hidden)[:, -1].argmax(-1)
-            codes[:, t] = self.speech_head(hidden, previous_codes)[:, -1].argmax(-1)
+            logits, head_state = self.speech_head.step(hidden, previous_codes, head_state)
+            codes[:, t] = logits[:, -1].argmax(-1)
             previous_text, previous_codes = text[:, t : t + 1], codes[:, t : t + 1]
         texts = self.decode_text(text, frames)
         speech = self.decode_speech(codes, frames) if decode_audio else None

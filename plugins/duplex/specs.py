@@ -48,6 +48,22 @@ class ParallelHeadOptions(ComponentOptions):
     one embedding table per codebook whose sum joins the LLM input."""
 
 
+class ARDecoderOptions(ComponentOptions):
+    """NeMo's TransformerARSpeechDecoder (s2s_duplex_speech_decoder.yaml's ``speech_decoder`` block, same names)."""
+
+    n_layers: int = Field(12, ge=1)
+    d_model: int = Field(768, ge=1)
+    d_ffn: int = Field(3072, ge=1)
+    n_heads: int = Field(12, ge=1, description="NeMo's sa_n_heads.")
+    kernel_size: int = Field(3, ge=1, description="Causal conv feed-forward kernel.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="NeMo's p_dropout.")
+    norm_out: bool = Field(True, description="Final LayerNorm (NeMo's apply_norm_out).")
+    max_frames: int = Field(5000, ge=1, description="Frames the learnable positions cover (max_length_causal_mask).")
+    learnable_positions: bool = Field(True, description="NeMo's use_learnable_pos_emb.")
+    condition_on_previous_codes: bool = Field(True, description="Add the previous frame's code embeddings "
+                                              "(cond_on_prev_audio_tokens).")
+
+
 class DuplexSettings(BaseModel):
     """The ``duplex:`` block of a duplex card: NeMo's loss weights, user-channel weight, frame clock and roles."""
 
@@ -91,6 +107,22 @@ DUPLEX_S2S = ArchitectureSpec(
 )
 
 
+DUPLEX_S2S_SPEECH_DECODER = ArchitectureSpec(
+    name="duplex_s2s_speech_decoder",
+    description="DuplexS2S with NeMo's autoregressive speech decoder (DuplexS2SSpeechDecoderModel): the LLM reads "
+                "the user frame + the agent's text token only; a causal transformer over the LLM's hidden states and "
+                "the previous frame's codes predicts each frame's K codebooks.",
+    sections=tuple(s if s.name != "speech_head" else Section(
+        "speech_head", "speech_head", required=False, default={"type": "ar_decoder"},
+        description="The autoregressive speech decoder; default: NeMo's TransformerARSpeechDecoder.")
+        for s in DUPLEX_S2S.sections),
+    build_order=DUPLEX_S2S.build_order,
+    model=DUPLEX_S2S.model,
+    card_fields=DuplexCardFields,
+    processor=DUPLEX_S2S.processor,
+)
+
+
 @hookimpl
 def slmzoo_register_commands(register):
     from slmzoo_plugins.duplex.codec_cli import codec_app
@@ -120,4 +152,10 @@ def slmzoo_register_components(register):
         kind="speech_head", name="parallel", description="NeMo DuplexS2SModel's audio head: Linear H -> K x (V+3) "
         "and K summed code embeddings in the LLM input.", options=ParallelHeadOptions,
         factory="slmzoo_plugins.duplex.speech_heads:ParallelSpeechHead"))
+    register(ComponentSpec(
+        kind="speech_head", name="ar_decoder", description="NeMo DuplexS2SSpeechDecoderModel's "
+        "TransformerARSpeechDecoder: a causal transformer over the LLM states and previous codes (conv FFN).",
+        options=ARDecoderOptions, factory="slmzoo_plugins.duplex.ar_speech_decoder:ARSpeechDecoder",
+        example={"n_layers": 1, "d_model": 32, "d_ffn": 64, "n_heads": 2, "max_frames": 500}))
     register(DUPLEX_S2S)
+    register(DUPLEX_S2S_SPEECH_DECODER)
