@@ -97,6 +97,20 @@ class Architecture(UsesProcessor, nn.Module):
         return SpeechDataset(self.processor, self.sampling_rate, train.max_text_tokens,
                              train.augment if augment else None, train.seed, strict)
 
+    def evaluate_cuts(self, cuts: list, batch_size: int = 16, normalize: str = "english", max_new_tokens: int = 128,
+                      issues=None, asr=None) -> tuple[list[dict], dict, float]:
+        """Decode evaluation ``cuts`` and score them (what ``slmzoo eval`` reports): ``(records, metrics, audio
+        seconds decoded)``. Default: text out, WER and CER (BLEU for translation tasks). ``asr``: a model transcribing
+        generated speech, for architectures that speak."""
+        from slmzoo.evaluation import score, transcribe
+
+        if asr is not None:
+            from slmzoo.errors import CapabilityError
+
+            raise CapabilityError(f"--asr scores generated speech; a {self.card.architecture} model generates text")
+        records, seconds = transcribe(self, cuts, batch_size, max_new_tokens, issues)
+        return records, score(records, normalize), seconds
+
     def decode_metrics(self, cuts: list, batch_size: int = 32) -> dict[str, float]:
         """Metrics of the model's own outputs on validation cuts (WER for text models); default: none."""
         return {}

@@ -6,3 +6,8 @@ from __future__ import annotations
 class PretrainedLoadError(RuntimeError):
     """A ``pretrained`` source (hub id, folder, file) or tokenizer that cannot be read, or whose weights do not fit
     the component exactly (missing, unexpected or mis-shaped tensors, named in the message)."""
+
+
+class CapabilityError(ValueError):
+    """A model asked for what its architecture does not do (a prompt for a duplex model, speech out of a text
+    model): the message says what it does instead."""

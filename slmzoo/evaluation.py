@@ -92,23 +92,24 @@ def transcribe(model, cuts: list, batch_size: int = 16, max_new_tokens: int = 12
 
 def evaluate(model, manifest: str | Path, batch_size: int = 16, out: str | Path | None = None,
              normalize: str = "english", max_new_tokens: int = 128, strict: bool = False,
-             limit: int | None = None) -> dict:
-    """Decode a manifest and score it; ``out`` gets one JSON line per utterance (``id``, ``ref``, ``hyp``)."""
+             limit: int | None = None, asr=None) -> dict:
+    """Decode a manifest and score it as the model's architecture does (``evaluate_cuts``); ``out`` gets one JSON
+    line per utterance (``id``, ``ref``, ``hyp`` for text models). ``asr`` transcribes generated speech."""
     issues = DataIssues(strict=strict)
     start = time.perf_counter()
     cuts = eval_cuts(manifest, issues)
     if limit is not None:
         cuts = cuts[:limit]
-    records, seconds = transcribe(model, cuts, batch_size, max_new_tokens, issues)
+    records, metrics, seconds = model.evaluate_cuts(cuts, batch_size, normalize=normalize,
+                                                    max_new_tokens=max_new_tokens, issues=issues, asr=asr)
     wall = time.perf_counter() - start
-    metrics = score(records, normalize)
     metrics.update(rtfx=seconds / wall if wall > 0 else None, audio_seconds=seconds, wall_seconds=wall,
                    skipped=issues.total, normalizer=normalize)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:
             for r in sorted(records, key=lambda r: r["id"]):
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(json.dumps({k: v for k, v in r.items() if k != "audio"}, ensure_ascii=False) + "\n")
     return metrics
 
 

@@ -240,3 +240,67 @@ def test_speech_decoder_is_causal_and_steps_as_it_runs_whole():
             logits, state = head.step(hidden[:, t : t + 1], codes[:, t : t + 1], state)
             steps.append(logits)
     assert torch.allclose(torch.cat(steps, 1), whole, atol=1e-5)
+
+
+# -- command line: a spoken answer, duplex evaluation ------------------------------------------------------------
+def test_generate_writes_the_spoken_answer(tmp_path):
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from slmzoo.cli.main import app
+
+    cut = eval_cuts(DUPLEX / "dev_cuts.jsonl")[0]
+    user = tmp_path / "user.wav"
+    sf.write(user, cut.load_audio()[0], 16000)
+    result = CliRunner().invoke(app, ["generate", "duplex-s2s", "--preset", "tiny", "--audio", str(user),
+                                      "--out", str(tmp_path / "answer.wav"), "--json"])
+    assert result.exit_code == 0, result.output
+    wave, rate = sf.read(tmp_path / "answer.wav")
+    assert rate == 24000  # the codec's rate (tiny Mimi), one 80 ms codec frame per user frame
+    assert abs(len(wave) / rate - cut.duration) < 0.1
+    refused = CliRunner().invoke(app, ["generate", "salm", "--preset", "tiny", "--audio", str(user),
+                                       "--out", str(tmp_path / "x.wav")])
+    assert refused.exit_code == 2 and "text only" in refused.output
+
+
+def test_speech_turns_are_read_off_the_control_codes(model):
+    from slmzoo_plugins.duplex.evaluation import speech_turns
+
+    v, size = model.vocabulary, model.codec.samples_per_frame
+    codes = torch.zeros(12, v.num_codebooks, dtype=torch.long)
+    codes[2], codes[6], codes[8] = v.bos, v.eos, v.bos  # one closed turn, one still speaking at the end
+    assert speech_turns(model, codes, 11) == [(3 * size, 6 * size), (9 * size, 11 * size)]
+
+
+def test_answer_accuracy_counts_each_answer_in_order():
+    from slmzoo_plugins.duplex.evaluation import answer_accuracy, score_texts
+
+    records = [{"reference_turns": ["five", "two nine six"], "turns": ["five", "two nine"]},
+               {"reference_turns": ["eight"], "turns": ["Eight."]}, {"reference_turns": ["one"], "turns": []}]
+    assert answer_accuracy(records) == 2 / 4
+    assert score_texts(["five", "one"], ["five", "one"])["exact"] == 1.0
+
+
+def test_eval_reports_text_and_spoken_answers_with_an_asr_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from slmzoo.cli.main import app
+
+    torch.manual_seed(0)
+    slmzoo.build(slmzoo.load_card("salm", preset="tiny")).save_pretrained(tmp_path / "asr")
+    result = CliRunner().invoke(app, ["eval", "duplex-s2s", "--preset", "tiny", "--data", str(DUPLEX / "dev_cuts.jsonl"),
+                                      "--limit", "2", "--asr", str(tmp_path / "asr"), "--json",
+                                      "--out", str(tmp_path / "hyps.jsonl")])
+    assert result.exit_code == 0, result.output
+    import json
+
+    metrics = json.loads(result.output)
+    assert metrics["num_conversations"] == 2 and metrics["num_answers"] >= 2
+    for key in ("text_bleu", "answer_accuracy", "asr_bleu", "asr_answer_accuracy", "codec_asr_bleu",
+                "codec_answer_accuracy"):
+        assert key in metrics and metrics[key] is not None, key
+    lines = (tmp_path / "hyps.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "reference_turns" in json.loads(lines[0])
+    text_only = CliRunner().invoke(app, ["eval", "salm", "--preset", "tiny", "--data", str(DUPLEX / "dev_cuts.jsonl"),
+                                         "--limit", "1", "--asr", str(tmp_path / "asr")])
+    assert text_only.exit_code == 2 and "generates text" in text_only.output

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from slmzoo.architecture import Architecture, ModelOutput
 from slmzoo.components import lengths_to_mask
+from slmzoo.errors import CapabilityError
 from slmzoo_plugins.duplex.specs import DuplexSettings
 from slmzoo_plugins.duplex.processing import bos_token
 from slmzoo_plugins.duplex.token_channel import TextChannelIds
@@ -148,6 +149,14 @@ class DuplexS2S(Architecture):
         return DuplexDataset(self.tokenizer, self.text_ids, self.settings, self.sampling_rate,
                              self.codec.sampling_rate, strict)
 
+    def evaluate_cuts(self, cuts: list, batch_size: int = 16, normalize: str = "english", max_new_tokens: int = 128,
+                      issues=None, asr=None):
+        """``slmzoo eval``: text BLEU, exact conversations and right answers; with ``asr``, ASR-BLEU of the generated
+        speech, its right answers, and the codec's ceiling (``evaluation.evaluate_duplex``)."""
+        from slmzoo_plugins.duplex.evaluation import evaluate_duplex
+
+        return evaluate_duplex(self, cuts, batch_size, normalize, issues, asr)
+
     def decode_metrics(self, cuts: list, batch_size: int = 32) -> dict[str, float]:
         """The agent text's corpus BLEU and exact-answer rate against the cuts' agent turns (Whisper-normalised)."""
         from slmzoo_plugins.duplex.evaluation import score_texts, transcribe_duplex
@@ -196,7 +205,7 @@ class DuplexS2S(Architecture):
         """The agent's text for each conversation (what ``slmzoo generate`` prints); a duplex model takes no
         prompt: it listens to the whole user channel."""
         if prompts is not None and any(p is not None for p in prompts):
-            raise ValueError("a duplex model takes no prompt: it answers what the user channel says")
+            raise CapabilityError("a duplex model takes no prompt: it answers what the user channel says")
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
         return self.generate_duplex(items, sampling_rate, decode_audio=False).texts
 

@@ -468,23 +468,48 @@ def generate(
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", help="Instruction for every audio; default: the card's default task.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
+    speech_out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Models that speak (duplex): write the spoken answer as WAV (with several --audio, "
+        "NAME-1.wav, NAME-2.wav, ...).")] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Generate text for audio files with a card (fresh weights), a saved model or a training run."""
+    """Generate text for audio files with a card (fresh weights), a saved model or a training run; a model that
+    speaks also answers in speech (--out)."""
     missing = [str(p) for p in audio if not p.is_file()]
     if missing:
         raise CLIError(f"no such audio file: {', '.join(missing)}")
     model = load_model(target, preset, set_)
     paths = [str(p) for p in audio]
-    texts = model.generate(audio=paths, prompts=None if prompt is None else [prompt] * len(paths),
-                           max_new_tokens=max_new_tokens)
+    if speech_out is not None:
+        texts, written = _speak(model, paths, speech_out, prompt)
+    else:
+        texts = model.generate(audio=paths, prompts=None if prompt is None else [prompt] * len(paths),
+                               max_new_tokens=max_new_tokens)
+        written = [None] * len(paths)
     if json_:
-        echo_json([{"audio": p, "text": t} for p, t in zip(paths, texts)])
+        echo_json([{"audio": p, "text": t, **({"speech": w} if w else {})} for p, t, w in zip(paths, texts, written)])
         return
     for text in texts:
         echo(text)
+
+
+def _speak(model, paths: list[str], out_path: Path, prompt: str | None) -> tuple[list[str], list[str]]:
+    """The text and spoken answers of a model that speaks (``generate_duplex``), the WAVs written to ``out_path``."""
+    if not hasattr(model, "generate_duplex"):
+        raise CLIError(f"--out writes a spoken answer; a {model.card.architecture} model answers in text only")
+    if prompt is not None:
+        raise CLIError("a duplex model takes no --prompt: it answers what the user channel says")
+    import soundfile as sf
+
+    result = model.generate_duplex(paths)
+    names = [out_path] if len(paths) == 1 else [out_path.with_name(f"{out_path.stem}-{i + 1}{out_path.suffix or '.wav'}")
+                                                 for i in range(len(paths))]
+    for name, wave in zip(names, result.audio):
+        name.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(name), wave.numpy(), result.sampling_rate)
+    return result.texts, [str(n) for n in names]
 
 
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------

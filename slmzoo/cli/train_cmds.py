@@ -68,8 +68,11 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option(help="Decode only the first N (shortest) utterances.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad data item.")] = False,
+    asr: Annotated[Optional[str], typer.Option("--asr", help="For models that speak: an ASR model (run folder, "
+                                               "saved model or card) transcribing the generated speech.")] = None,
 ) -> None:
-    """Decode a manifest in duration-sorted batches; report WER, CER (BLEU for translation) and RTFx."""
+    """Decode a manifest in duration-sorted batches; report WER, CER (BLEU for translation) and RTFx; for
+    speech-to-speech models, text BLEU, answer accuracy and (with --asr) ASR-BLEU."""
     import torch
 
     from slmzoo.evaluation import evaluate as run
@@ -77,20 +80,36 @@ def evaluate(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(model, preset, sets, device)
+    scorer = load_model(asr, device=device) if asr else None
     metrics = run(loaded, data, batch_size=batch_size, out=hyps, normalize=normalizer,
-                  max_new_tokens=max_new_tokens, strict=strict, limit=limit)
+                  max_new_tokens=max_new_tokens, strict=strict, limit=limit, asr=scorer)
     run_dir = run_folder_of(model)
     if run_dir is not None and limit is None:  # a whole evaluation of a run is kept with it, for slmzoo compare
         record_in_run(run_dir, data, metrics, model)
     if as_json:
         echo_json(metrics)
         return
-    wer, cer = metrics["wer"], metrics["cer"]
-    line = (f"WER {100 * wer:.2f}%  CER {100 * cer:.2f}%" if wer is not None else "no scored utterances")
-    if "bleu" in metrics:
-        line += f"  BLEU {metrics['bleu']:.2f}"
+    line = metrics_line(metrics)
     out().print(f"{line}  utterances {metrics['num_utterances']}  RTFx {metrics['rtfx']:.1f}"
                 + (f"  skipped {metrics['skipped']}" if metrics["skipped"] else ""))
+
+
+def metrics_line(metrics: dict) -> str:
+    """One line of what an evaluation measured: WER/CER (BLEU) for text models, the duplex metrics for speech."""
+    parts = []
+    if "wer" in metrics:
+        wer, cer = metrics["wer"], metrics["cer"]
+        parts.append(f"WER {100 * wer:.2f}%  CER {100 * cer:.2f}%" if wer is not None else "no scored utterances")
+    if "bleu" in metrics:
+        parts.append(f"BLEU {metrics['bleu']:.2f}")
+    for key, label in (("text_bleu", "text BLEU"), ("asr_bleu", "ASR-BLEU"), ("codec_asr_bleu", "codec ASR-BLEU")):
+        if metrics.get(key) is not None:
+            parts.append(f"{label} {metrics[key]:.2f}")
+    for key, label in (("answer_accuracy", "answers right"), ("asr_answer_accuracy", "spoken answers right"),
+                       ("codec_answer_accuracy", "codec ceiling")):
+        if metrics.get(key) is not None:
+            parts.append(f"{label} {100 * metrics[key]:.1f}%")
+    return "  ".join(parts)
 
 
 @handle_errors()
