@@ -20,13 +20,7 @@ from torch import nn
 
 from slmzoo.components import Adapter, AdapterOutput, lengths_to_mask, zero_padding
 from slmzoo_plugins.adapters.blocks import check_frames, require_frames
-
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of ``[B, C, T]`` (NeMo's ``conv_norm_type: layer_norm``), frame by frame."""
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return super().forward(hidden.transpose(1, 2)).transpose(1, 2)
+from slmzoo_plugins.encoders.streaming import ChannelLayerNorm, limit_context, make_convolutions_causal
 
 
 class ConformerAdapter(Adapter):
@@ -60,6 +54,9 @@ class ConformerAdapter(Adapter):
         if options.conv_norm == "layernorm":
             for layer in self.layers:
                 layer.conv.norm = ChannelLayerNorm(d_model)
+        if options.causal_convolutions:
+            make_convolutions_causal(self.layers)
+        self.att_context_size = options.att_context_size
         self.linear = nn.Linear(d_model, context.llm_dim)
         self.output_dim = context.llm_dim
 
@@ -72,6 +69,7 @@ class ConformerAdapter(Adapter):
         # [B, 1, T(query), T(key)]: True where the key is a real frame. Padded queries still see the real keys
         # (no all-masked rows, no NaN); the conv module zeroes a frame iff no query may attend to it.
         mask = lengths_to_mask(lengths, hidden.shape[1])[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)
+        mask = limit_context(mask, self.att_context_size)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=positions)
         return AdapterOutput(embeds=zero_padding(self.linear(hidden), lengths), lengths=lengths)

@@ -102,6 +102,11 @@ class ConformerAdapterOptions(ComponentOptions):
         "statistics mix every clip and the padding of the batch; 'layernorm' normalises each frame.")
     xscaling: bool = Field(True, description="Scale the input by sqrt(d_model), as NeMo.")
     dropout: float = Field(0.1, ge=0, le=1, description="Dropout everywhere.")
+    att_context_size: tuple[int, int] | None = Field(
+        None, description="Streaming: NeMo's chunked-limited self-attention [left, right] in frames (chunks of right+1 "
+        "frames, each seeing left // (right+1) chunks before it; left -1: all); default: full context.")
+    causal_convolutions: bool = Field(
+        False, description="Streaming: the depthwise convolutions see no future frame (NeMo conv_context_size: causal).")
 
     @model_validator(mode="after")
     def _odd_kernel(self):

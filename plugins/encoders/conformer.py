@@ -34,13 +34,16 @@ from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings,
 from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.nemo_checkpoint import is_nemo_file, read_nemo_config, read_nemo_encoder_state
 from slmzoo_plugins.encoders.ssl import SSLEncoder
+from slmzoo_plugins.encoders.streaming import ChannelLayerNorm, limit_context, make_convolutions_causal
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
 NORM_EPSILON = 1e-5  # ParakeetFeatureExtractor: EPSILON, added to the std
 # The ParakeetFeatureExtractor settings the log-mel front end follows (others in a preprocessor config are moot).
 FEATURE_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "win_length", "preemphasis", "normalize")
-NORMALIZE = ("per_feature", "all_features")  # NeMo's preprocessor `normalize`; ParakeetFeatureExtractor: per_feature
+# NeMo's preprocessor `normalize` (ParakeetFeatureExtractor: per_feature); NA, none: what streaming encoders use, since
+# a statistic over the clip makes every frame depend on the whole clip.
+NORMALIZE = ("per_feature", "all_features", "NA")
 
 
 class ParakeetLogMel(nn.Module):
@@ -82,6 +85,8 @@ class ParakeetLogMel(nn.Module):
         features = torch.log(self.mel_filters.to(power.device, power.dtype) @ power + LOG_ZERO_GUARD).transpose(1, 2)
         frames = self.output_lengths(lengths)
         mask = lengths_to_mask(frames, features.shape[1])[..., None]
+        if self.normalize == "NA":
+            return (features * mask)[:, : int(frames.max())], frames
         dims = (1,) if self.normalize == "per_feature" else (1, 2)  # all_features: one mean/std per clip
         count = frames[:, None, None].to(features.dtype) * (1 if self.normalize == "per_feature" else features.shape[2])
         mean = (features * mask).sum(dims, keepdim=True) / count
@@ -128,6 +133,12 @@ class FastConformerEncoder(Encoder):
         if options.pretrained is None:  # random weights, to be trained: see the module docstring
             init_subsampling(self.model.subsampling, self.model.input_scale)
         config = self.model.config
+        if options.conv_norm == "layernorm":
+            for layer in self.model.layers:
+                layer.conv.norm = ChannelLayerNorm(config.hidden_size)
+        if options.causal_convolutions:
+            make_convolutions_causal(self.model.layers)
+        self.att_context_size = options.att_context_size
         settings = {"feature_size": config.num_mel_bins, **{k: v for k, v in saved.items() if k in FEATURE_KEYS}}
         if settings.get("sampling_rate", 16000) != 16000 or settings["feature_size"] != config.num_mel_bins:
             raise ValueError(f"{self.name}: feature extractor settings {settings} do not fit the encoder "
@@ -144,15 +155,35 @@ class FastConformerEncoder(Encoder):
     def standalone_options(self) -> dict:
         return {"config": config_fields(self.model.config), "feature_extractor": dict(self.feature_settings)}
 
+    def _limited_context_states(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``ParakeetEncoder.forward`` with the chunked-limited attention mask (it builds a full-context one
+        inside): the embeddings' and every layer's states."""
+        model = self.model
+        hidden = model.subsampling(features, mask) * model.input_scale
+        positions = model.encode_positions(hidden)
+        hidden = nn.functional.dropout(hidden, p=model.dropout, training=self.training)
+        positions = nn.functional.dropout(positions, p=model.dropout_positions, training=self.training)
+        frames = model._get_output_attention_mask(mask, target_length=hidden.shape[1])
+        attention = limit_context((frames[:, None, :] & frames[:, :, None])[:, None], self.att_context_size)
+        states = [hidden]
+        for layer in model.layers:
+            if not (self.training and model.layerdrop > 0.0 and torch.rand([]) < model.layerdrop):
+                hidden = layer(hidden, attention_mask=attention, position_embeddings=positions)
+            states.append(hidden)
+        return tuple(states) if self.selection.needs_all_states else (hidden,)
+
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """``audio [B, S]`` zero-padded 16 kHz, ``lengths [B]`` samples -> ``[B, T, C]`` (or ``[B, L+1, T, C]``)."""
         lengths = check_waveforms(audio, lengths, self.min_samples, self.name)
         features, feature_lengths = self.features(audio[:, : int(lengths.max())], lengths)
         mask = lengths_to_mask(feature_lengths, features.shape[1]).long()
         features = features.to(self.model.subsampling.linear.weight.dtype)
-        out = self.model(features, attention_mask=mask, output_hidden_states=self.selection.needs_all_states)
+        if self.att_context_size is None:
+            out = self.model(features, attention_mask=mask, output_hidden_states=self.selection.needs_all_states)
+            states = out.hidden_states if self.selection.needs_all_states else (out.last_hidden_state,)
+        else:
+            states = self._limited_context_states(features, mask)
         frames = self.model._get_subsampling_output_length(feature_lengths).long()
-        states = out.hidden_states if self.selection.needs_all_states else (out.last_hidden_state,)
         hidden = self.selection([zero_padding(state, frames) for state in states])
         return EncoderOutput(hidden=hidden, lengths=frames)
 

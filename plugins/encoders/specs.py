@@ -101,6 +101,14 @@ class ConformerOptions(SSLOptions):
         "win_length, preemphasis, sampling_rate); default: the checkpoint's preprocessor_config.json or the .nemo "
         "preprocessor section.",
     )
+    att_context_size: tuple[int, int] | None = Field(
+        None, description="Streaming: NeMo's chunked-limited self-attention [left, right] in frames (chunks of right+1 "
+        "frames, each seeing left // (right+1) chunks before it; left -1: all); default: full context.")
+    causal_convolutions: bool = Field(
+        False, description="Streaming: the depthwise convolutions see no future frame (NeMo conv_context_size: causal).")
+    conv_norm: Literal["batchnorm", "layernorm"] = Field(
+        "batchnorm", description="fastconformer: the conv module's norm; layernorm is NeMo's conv_norm_type "
+        "layer_norm (the streaming encoders').")
 
     @model_validator(mode="after")
     def _variant_options(self):
@@ -108,6 +116,12 @@ class ConformerOptions(SSLOptions):
             raise OptionsRuleError("encoder", "normalize", "set for variant fastconformer, but normalize applies to "
                                    "variant wav2vec2_conformer only (fastconformer normalises its log-mel features "
                                    "per clip as its feature extractor does)")
+        streaming = [k for k in ("att_context_size", "causal_convolutions", "conv_norm")
+                     if k in self.model_fields_set and getattr(self, k) not in (None, False, "batchnorm")]
+        if self.variant == "wav2vec2_conformer" and streaming:
+            raise OptionsRuleError("encoder", streaming[0], "applies to variant fastconformer only")
+        if self.att_context_size is not None and self.att_context_size[1] < 0:
+            raise OptionsRuleError("encoder", "att_context_size", "the right context must be 0 or more frames")
         if self.variant == "wav2vec2_conformer" and self.feature_extractor is not None:
             raise OptionsRuleError("encoder", "feature_extractor", "set for variant wav2vec2_conformer, but "
                                    "feature_extractor applies to variant fastconformer only (wav2vec2_conformer reads "
