@@ -64,9 +64,14 @@ def card_columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(columns)
 
 
-def shows_architecture(rows: list[dict[str, Any]]) -> bool:
-    """A cards table names the architecture only when some card is not a ``speechlm``."""
-    return any(r.get("architecture", DEFAULT_ARCHITECTURE) != DEFAULT_ARCHITECTURE for r in rows if "error" not in r)
+def by_architecture(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Card rows grouped by architecture, ``speechlm`` first (a card that does not load goes with it): one table
+    per architecture, each with its own sections as columns."""
+    groups: dict[str, list[dict[str, Any]]] = {DEFAULT_ARCHITECTURE: []}
+    for row in rows:
+        name = DEFAULT_ARCHITECTURE if "error" in row else row.get("architecture", DEFAULT_ARCHITECTURE)
+        groups.setdefault(name, []).append(row)
+    return [(name, group) for name, group in groups.items() if group or name == DEFAULT_ARCHITECTURE]
 
 
 def component_rows(kind: str | None = None, pattern: str = "*") -> list[dict[str, Any]]:
@@ -145,15 +150,18 @@ def _md(value: Any) -> str:
 
 
 def cards_markdown(rows: list[dict[str, Any]]) -> str:
-    """The cards table as Markdown (the README's zoo table)."""
-    columns = card_columns(rows)
-    titles = [c.upper() if c == "llm" else c.replace("_", " ").capitalize() for c in columns]
-    arch = shows_architecture(rows)
-    head = ["Card", "Year", *(["Architecture"] if arch else []), *titles, "Size", "Paper"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        paper = f"[link]({r['paper']})" if r.get("paper") else ""
-        cells = [r["name"], r.get("year"), *([r.get("architecture")] if arch else []),
-                 *(r.get(c) for c in columns), size_text(r)]
-        lines.append("| " + " | ".join(_md(v) for v in cells) + f" | {paper} |")
-    return "\n".join(lines) + "\n"
+    """The cards table as Markdown (the README's zoo table): one table per architecture, the ``speechlm`` one first
+    and untitled, each other one under a line naming its architecture."""
+    tables = []
+    for architecture, group in by_architecture(rows):
+        columns = card_columns(group)
+        titles = [c.upper() if c == "llm" else c.replace("_", " ").capitalize() for c in columns]
+        head = ["Card", "Year", *titles, "Size", "Paper"]
+        lines = [] if architecture == DEFAULT_ARCHITECTURE else [f"Architecture `{architecture}`:", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in group:
+            paper = f"[link]({r['paper']})" if r.get("paper") else ""
+            cells = [r["name"], r.get("year"), *(r.get(c) for c in columns), size_text(r)]
+            lines.append("| " + " | ".join(_md(v) for v in cells) + f" | {paper} |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables) + "\n"

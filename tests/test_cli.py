@@ -493,3 +493,17 @@ def test_generate_names_a_file_of_nan_infinite_or_no_samples(tmp_path, cards, co
     assert f"{content}.wav" in result.output and "Traceback" not in result.output
     reason = "empty" if content == "empty" else "NaN or infinite samples"
     assert reason in result.output
+
+
+def test_cards_of_each_architecture_are_listed_in_their_own_table():
+    """The duplex cards have codec and speech-head sections and no fusion: a table of their own."""
+    from slmzoo import catalog
+
+    text = catalog.cards_markdown([r for r in catalog.card_rows() if r["name"] in ("salm", "duplex-s2s")])
+    first, second = text.split("\n\n", 1)
+    assert first.splitlines()[0] == "| Card | Year | Encoder | Adapter | Fusion | LLM | Size | Paper |"
+    assert "| salm |" in first and "duplex" not in first
+    assert second.startswith("Architecture `duplex_s2s`:")
+    assert "| Card | Year | Encoder | Adapter | LLM | Codec | Speech head | Size | Paper |" in second
+    result = invoke("list", "cards")
+    assert result.exit_code == 0 and "cards: duplex_s2s" in result.output

@@ -189,7 +189,9 @@ def list_(
         return
     console = out()
     if show_cards:
-        console.print(_cards_table(cards))
+        groups = catalog.by_architecture(cards)
+        for architecture, group in groups:
+            console.print(_cards_table(group, "cards" if len(groups) == 1 else f"cards: {architecture}"))
     for kind in kinds:
         if components[kind] or what is not None or kind in _builtin_kinds():
             console.print(_components_table(kind, components[kind]))
@@ -215,19 +217,19 @@ def _table(title: str, *columns: str):
     return table
 
 
-def _cards_table(cards: list[dict[str, Any]]):
-    from slmzoo.catalog import card_columns, shows_architecture, size_text
+def _cards_table(cards: list[dict[str, Any]], title: str = "cards"):
+    """One architecture's cards: a column per section of that architecture."""
+    from slmzoo.catalog import card_columns, size_text
 
     sections = card_columns(cards)
-    arch = shows_architecture(cards)
-    table = _table("cards", "card", "year", *(["architecture"] if arch else []),
-                   *[c.upper() if c == "llm" else c.replace("_", " ") for c in sections], "size", "paper")
+    table = _table(title, "card", "year", *[c.upper() if c == "llm" else c.replace("_", " ") for c in sections],
+                   "size", "paper")
     for r in cards:
         if "error" in r:
             table.add_row(r["name"], *[""] * (len(table.columns) - 2), f"[red]{_escape(r['error'])}[/]")
             continue
-        table.add_row(r["name"], str(r.get("year") or ""), *([r.get("architecture") or ""] if arch else []),
-                      *[r.get(c) or "" for c in sections], size_text(r), r.get("paper") or "")
+        table.add_row(r["name"], str(r.get("year") or ""), *[r.get(c) or "" for c in sections], size_text(r),
+                      r.get("paper") or "")
     return table
 
 
