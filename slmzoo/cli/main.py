@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from slmzoo.cli import train_cmds
+from slmzoo.cli import hub_cmds, train_cmds
 from slmzoo.cli.common import (
     CLIError,
     JsonOpt,
@@ -262,7 +262,7 @@ def _kinds_table(rows: list[dict[str, Any]]):
 @app.command()
 @handle_errors()
 def show(
-    card: Annotated[str, typer.Argument(help="A card name, a card file, or a saved model folder.")],
+    card: Annotated[str, typer.Argument(help="A card name, a card file, a saved model folder, or hf-hub:org/name[@rev].")],
     preset: PresetOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -324,8 +324,8 @@ def _arch(resolved) -> dict[str, Any]:
 @app.command()
 @handle_errors(unexpected_code=2)
 def diff(
-    left: Annotated[str, typer.Argument(help="A card name, file, or saved model folder.")],
-    right: Annotated[str, typer.Argument(help="A card name, file, or saved model folder.")],
+    left: Annotated[str, typer.Argument(help="A card name, file, saved model folder, or hf-hub:org/name[@rev].")],
+    right: Annotated[str, typer.Argument(help="A card name, file, saved model folder, or hf-hub:org/name[@rev].")],
     preset: PresetOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -489,6 +489,7 @@ def generate(
 
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
+hub_cmds.register(app)  # push, pull
 app.add_typer(plugins_app, name="plugins")
 
 
