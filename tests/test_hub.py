@@ -64,8 +64,16 @@ def cli(*args: str):
     return runner.invoke(app, list(args))
 
 
-def texts(model, clips) -> list[str]:
-    return model.generate(audio=clips, sampling_rate=16000, max_new_tokens=6)
+def texts(model, clips, **options) -> list[str]:
+    return model.generate(audio=clips, sampling_rate=16000, max_new_tokens=6, **options)
+
+
+def outputs(model, clips) -> tuple[list[str], float]:
+    """What a model says and its loss on a fixed transcript: a barely trained model may say nothing at all, its
+    loss still tells every weight apart."""
+    with torch.no_grad():
+        loss = model(model.prepare_batch(clips, None, ["one two three"] * len(clips))).loss.item()
+    return texts(model, clips), loss
 
 
 # -- sources ---------------------------------------------------------------------------------------------
@@ -137,32 +145,34 @@ def test_push_pull_generate_round_trip(hub, trained_run, corpus, tmp_path, monke
 
     clips = [str(p) for p in sorted((corpus.parent / "audio").glob("*.flac"))[:2]]
     local = slmzoo.from_pretrained(saving_folder(trained_run))
-    expected = texts(local, clips)
+    expected = outputs(local, clips)
 
     result = cli("push", str(trained_run), "org/tiny", "--license", "apache-2.0", "--language", "en")
     assert result.exit_code == 0, result.output
     files = set(HfApi().list_repo_files("org/tiny"))
     assert {"card.yaml", "model.safetensors", "slmzoo.json", "README.md", "curves.png"} <= files
     assert not any(f.endswith((".pt", ".bin")) for f in files)  # no optimizer state, no pickles
+    readme = Path(snapshot("org/tiny", allow_patterns=["README.md"])) / "README.md"
 
     use_cache(monkeypatch, tmp_path / "empty-cache")
     pulled = cli("pull", "org/tiny")
     assert pulled.exit_code == 0, pulled.output
-    assert texts(slmzoo.from_pretrained("hf-hub:org/tiny"), clips) == expected
+    assert outputs(slmzoo.from_pretrained("hf-hub:org/tiny"), clips) == expected
     offline(monkeypatch)
-    assert texts(slmzoo.from_pretrained("hf-hub:org/tiny@main"), clips) == expected  # from the cache
-    generated = cli("generate", "hf-hub:org/tiny", "--audio", clips[0], "--max-new-tokens", "6")
-    assert generated.exit_code == 0 and generated.output.strip() == expected[0].strip()
+    assert outputs(slmzoo.from_pretrained("hf-hub:org/tiny@main"), clips) == expected  # from the cache
+    generated = cli("generate", "hf-hub:org/tiny", "--audio", clips[0], "--json", "--max-new-tokens", "6")
+    assert generated.exit_code == 0, generated.output
+    assert json.loads(generated.stdout)[0]["text"] == expected[0][0]
 
-    readme = Path(snapshot("org/tiny", allow_patterns=["README.md"])) / "README.md"
     card = ModelCard.load(readme)
     data = card.data
     assert data.library_name == "slmzoo" and data.pipeline_tag == "automatic-speech-recognition"  # salm: asr only
     assert {"slmzoo", "speechlm", "fake_frames", "fake_linear", "concat"} <= set(data.tags)
     assert data.license == "apache-2.0" and data.language == ["en"]
     wer = json.loads((trained_run / "eval" / "train.json").read_text())["wer"]
-    [result_] = data.eval_results  # parsed by huggingface_hub's own model-index reader
-    assert result_.metric_type == "wer" and result_.metric_value == round(100 * wer, 2)
+    results = {r.metric_type: r for r in data.eval_results}  # parsed by huggingface_hub's own model-index reader
+    assert set(results) == {"wer", "cer"} and results["wer"].metric_value == round(100 * wer, 2)
+    assert results["wer"].dataset_name == "train" and results["wer"].task_type == "automatic-speech-recognition"
     assert "slmzoo generate hf-hub:org/tiny" in card.text and "![training curves](curves.png)" in card.text
     assert "| encoder | fake_frames |" in card.text
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
@@ -223,7 +233,7 @@ def test_trainable_only_push_fetches_its_pinned_backbone(hub, corpus, tmp_path, 
     model = slmzoo.build(card)
     assert model.card.data["llm"]["pretrained"] == "hf-hub:org/tiny-llm"  # the card as written, not the cache path
     clips = [str(p) for p in sorted((corpus.parent / "audio").glob("*.flac"))[:2]]
-    expected = texts(model.eval(), clips)
+    expected = outputs(model.eval(), clips)
 
     plan = model.push_to_hub("org/speech")
     assert plan.trainable_only and plan.front_matter["base_model"] == ["org/tiny-llm"]
@@ -240,10 +250,10 @@ def test_trainable_only_push_fetches_its_pinned_backbone(hub, corpus, tmp_path, 
     weights = Path(snapshot("org/speech", allow_patterns=["model.safetensors"]), "model.safetensors")
     assert not any(k.startswith("llm.") for k in saving.read_weights(weights))  # trained weights only
     loaded = slmzoo.from_pretrained("hf-hub:org/speech")
-    assert texts(loaded, clips) == expected
+    assert outputs(loaded, clips) == expected
     assert any(path.startswith(f"/org/tiny-llm/resolve/{llm_sha}/") for _, path in hub.requests)
     offline(monkeypatch)
-    assert texts(slmzoo.from_pretrained("hf-hub:org/speech"), clips) == expected
+    assert outputs(slmzoo.from_pretrained("hf-hub:org/speech"), clips) == expected
 
 
 def test_a_local_backbone_cannot_be_pushed_trainable_only(hub, tmp_path):
