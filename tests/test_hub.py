@@ -36,6 +36,8 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
         monkeypatch.setenv("HF_TOKEN", ALICE)
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # conftest makes every other test offline
+            monkeypatch.delenv(var, raising=False)
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # the client reads these at import
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                             server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")

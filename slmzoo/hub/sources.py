@@ -99,7 +99,8 @@ def hub_errors(source: HubSource | str, action: str = "read") -> Iterator[None]:
     except errors.OfflineModeIsEnabled:
         raise HubError(f"{name}: not in the local cache, and HF_HUB_OFFLINE=1 forbids downloading it") from None
     except errors.LocalEntryNotFoundError as error:
-        raise HubError(f"{name}: not in the local cache and the Hub cannot be reached ({_first_line(error)}); "
+        cause = error.__cause__ or error.__context__ or error  # why the Hub could not answer
+        raise HubError(f"{name}: not in the local cache and the Hub cannot be reached ({_first_line(cause)}); "
                        "unset HF_HUB_OFFLINE or check HF_ENDPOINT") from None
     except errors.RemoteEntryNotFoundError:
         raise  # a missing file: the caller knows whether that matters (card_folder: not an slmzoo model)
