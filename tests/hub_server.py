@@ -8,6 +8,9 @@ It implements what the installed ``huggingface_hub`` client calls (read from its
 - ``GET  /api/models/{repo}/tree/{rev}``             list_repo_tree (snapshot_download lists files with it)
 - ``POST /api/models/{repo}/preupload/{rev}``        every file is uploaded "regular" (inline in the commit, no LFS)
 - ``POST /api/models/{repo}/commit/{rev}``           NDJSON commits (header, file, deletedFile), ``create_pr=1``
+- ``POST /api/models/{repo}/discussions``, ``GET .../discussions/{n}``   pull requests: with ``hf_xet`` installed,
+                                                      ``upload_folder(create_pr=True)`` opens one, then commits to
+                                                      ``refs/pr/{n}``
 - ``POST /api/models/{repo}/branch/{name}``, ``POST /api/models/{repo}/tag/{rev}``   branches and tags
 - ``POST /api/validate-yaml``                        README front matter: a YAML mapping whose ``model-index``
                                                       huggingface_hub itself can parse into evaluation results
@@ -196,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
                                              for f in files]})
             if action == "commit":
                 return self._commit(hub.writable(repo_id, user), repo_id, revision, query.get("create_pr") == "1")
+            if action == "discussions":
+                return self._pull_request(repo_id, user, int(rest[0]) if rest else None)
             if action in ("branch", "tag"):
                 repo = hub.writable(repo_id, user)
                 body = json.loads(self._body() or b"{}")
@@ -252,6 +257,20 @@ class _Handler(BaseHTTPRequestHandler):
             repo.refs[revision] = sha
         self._json({"commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{sha}", "commitOid": sha,
                     "pullRequestUrl": pr_url})
+
+    def _pull_request(self, repo_id: str, user, number: int | None) -> None:
+        """``POST .../discussions`` opens a pull request (its branch ``refs/pr/N`` starts at main: upload_folder then
+        commits to it); ``GET .../discussions/N`` describes it."""
+        if number is None:
+            repo = self.hub.writable(repo_id, user)
+            number = 1 + sum(ref.startswith("refs/pr/") for ref in repo.refs)
+            repo.refs[f"refs/pr/{number}"] = repo.refs["main"]
+            return self._json({"num": number})
+        self.hub.readable(repo_id, user)
+        self._json({"title": "pull request", "num": number, "author": {"name": user[0] if user else "?"},
+                    "createdAt": "2026-01-01T00:00:00.000Z", "status": "draft", "isPullRequest": True,
+                    "repo": {"name": repo_id, "type": "model"}, "changes": {"base": "refs/heads/main"},
+                    "filesWithConflicts": [], "events": []})
 
     def _validate_yaml(self, content: str) -> None:
         import yaml

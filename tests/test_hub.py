@@ -200,6 +200,28 @@ def test_hand_written_readme_survives_a_second_push(hub, trained_run):
     assert Path(hf_hub_download("org/kept", "README.md")).read_text().startswith("---\nlibrary_name: slmzoo")
 
 
+def test_push_to_a_branch_and_as_a_pull_request(hub, trained_run):
+    from huggingface_hub import HfApi
+
+    first = cli("push", str(trained_run), "org/branches")
+    assert first.exit_code == 0, first.output
+    HfApi().create_branch("org/branches", branch="dev")
+    main = hub.repos["org/branches"].refs["main"]
+    pushed = cli("push", str(trained_run), "org/branches", "--revision", "dev", "--full")
+    assert pushed.exit_code == 0, pushed.output
+    proposed = cli("push", str(trained_run), "org/branches", "--create-pr", "--commit-message", "Proposal")
+    assert proposed.exit_code == 0 and "/discussions/1" in proposed.output, proposed.output
+    refs = hub.repos["org/branches"].refs
+    assert refs["main"] == main and refs["dev"] != main and "refs/pr/1" in refs  # only the branch asked for moved
+    assert hub.repos["org/branches"].commits[refs["refs/pr/1"]].message == "Proposal"
+    dev = slmzoo.from_pretrained("hf-hub:org/branches@dev")
+    assert saving.read_info(hub_folder("org/branches", "dev"))["trainable_only"] is False and dev is not None
+
+
+def hub_folder(repo_id: str, revision: str) -> Path:
+    return Path(snapshot(HubSource(repo_id, revision), allow_patterns=["slmzoo.json"]))
+
+
 def test_dry_run_uploads_nothing(hub, trained_run):
     result = cli("push", str(trained_run), "org/dry", "--dry-run", "--revision", "dev")
     assert result.exit_code == 0, result.output
@@ -230,6 +252,10 @@ def test_trainable_only_push_fetches_its_pinned_backbone(hub, corpus, tmp_path, 
     base.llm.model.save_pretrained(tmp_path / "llm")  # a transformers checkpoint: config.json + model.safetensors
     api.create_repo("org/tiny-llm")
     api.upload_folder(folder_path=tmp_path / "llm", repo_id="org/tiny-llm", commit_message="tiny llm")
+    api.upload_file(path_or_fileobj=b"raise SystemExit('never run')\n", path_in_repo="modeling_evil.py",
+                    repo_id="org/tiny-llm", commit_message="code")
+    api.upload_file(path_or_fileobj=b"pickle", path_in_repo="pytorch_model.bin", repo_id="org/tiny-llm",
+                    commit_message="pickle")
     llm_sha = api.model_info("org/tiny-llm").sha
     card = tiny_model_card("llm.pretrained=hf-hub:org/tiny-llm", "llm.config=null", "train.freeze=[llm]")
     model = slmzoo.build(card)
@@ -253,7 +279,8 @@ def test_trainable_only_push_fetches_its_pinned_backbone(hub, corpus, tmp_path, 
     assert not any(k.startswith("llm.") for k in saving.read_weights(weights))  # trained weights only
     loaded = slmzoo.from_pretrained("hf-hub:org/speech")
     assert outputs(loaded, clips) == expected
-    assert any(path.startswith(f"/org/tiny-llm/resolve/{llm_sha}/") for _, path in hub.requests)
+    fetched = [path for _, path in hub.requests if path.startswith(f"/org/tiny-llm/resolve/{llm_sha}/")]
+    assert fetched and not [p for p in fetched if p.endswith((".py", ".bin"))]  # data only: no code, no pickles
     offline(monkeypatch)
     assert outputs(slmzoo.from_pretrained("hf-hub:org/speech"), clips) == expected
 

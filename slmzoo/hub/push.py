@@ -76,7 +76,11 @@ def stage(model, folder: Path, repo_id: str, trainable_only: bool | None = None,
     if run_dir is not None:
         from slmzoo.comparison import run_summary
 
+        from slmzoo.training.metrics import read_metrics
+
         run = run_summary(run_dir, sizes=False)
+        validated = [r for r in read_metrics(run_dir) if "val_loss" in r]
+        run["validation"] = validated[-1] if validated else None  # the last validation: loss, WER, CER
         if (run_dir / readme_mod.CURVES_FILE).is_file():
             shutil.copyfile(run_dir / readme_mod.CURVES_FILE, folder / readme_mod.CURVES_FILE)
     inputs = readme_mod.ReadmeInputs(

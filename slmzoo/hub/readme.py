@@ -128,6 +128,11 @@ def _training(inputs: ReadmeInputs) -> list[str]:
         lines.append(f"- audio seen: about {hours:.2f} hours")
     if run.get("final_loss") is not None:
         lines.append(f"- final training loss: {run['final_loss']:.4f}")
+    validation = run.get("validation") or {}
+    if validation:
+        scores = "".join(f", {k[4:].upper()} {100 * validation[k]:.2f}%" for k in ("val_wer", "val_cer")
+                         if isinstance(validation.get(k), (int, float)))
+        lines.append(f"- last validation (step {validation.get('step')}): loss {validation['val_loss']:.4f}{scores}")
     for name, record in (run.get("evals") or {}).items():
         scores = ", ".join(f"{k.upper()} {100 * record[k]:.2f}%" for k in ("wer", "cer")
                            if isinstance(record.get(k), (int, float)))
