@@ -281,8 +281,12 @@ def test_trainable_only_push_fetches_its_pinned_backbone(hub, corpus, tmp_path, 
     assert outputs(loaded, clips) == expected
     fetched = [path for _, path in hub.requests if path.startswith(f"/org/tiny-llm/resolve/{llm_sha}/")]
     assert fetched and not [p for p in fetched if p.endswith((".py", ".bin"))]  # data only: no code, no pickles
+    use_cache(monkeypatch, tmp_path / "pulled")
+    pulled = cli("pull", "org/speech", "--out", str(tmp_path / "copy"))  # the model and its pinned backbone
+    assert pulled.exit_code == 0, pulled.output
     offline(monkeypatch)
     assert outputs(slmzoo.from_pretrained("hf-hub:org/speech"), clips) == expected
+    assert outputs(slmzoo.from_pretrained(tmp_path / "copy"), clips) == expected  # a plain folder, same pins
 
 
 def test_a_local_backbone_cannot_be_pushed_trainable_only(hub, tmp_path):

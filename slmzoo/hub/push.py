@@ -28,7 +28,7 @@ class PushPlan:
 
     repo_id: str
     revision: str
-    folder: Path
+    folder: Path  # the staging folder (removed when push_to_hub returns)
     trainable_only: bool
     front_matter: dict[str, Any]
     readme_kept: bool = False  # the Hub already has a README and overwrite_readme was not given
@@ -38,7 +38,8 @@ class PushPlan:
 
 
 def _backbones(folder: Path, trainable_only: bool) -> dict[str, dict[str, str]]:
-    """Card key path -> ``{source, repo, revision}`` for every backbone source, pinned to its commit now.
+    """Card key path -> ``{source, repo, revision}`` for every backbone source, pinned to its commit now
+    (``{source}`` alone for a local folder).
 
     A trainable-only push must name backbones others can fetch: a local folder is refused. A full push records
     the sources it no longer needs (``slmzoo.json``'s ``sources``) for provenance and ``base_model``."""
@@ -53,12 +54,10 @@ def _backbones(folder: Path, trainable_only: bool) -> dict[str, dict[str, str]]:
     out = {}
     for path, source in named:
         pinned = pin(source)
-        if pinned is None:
-            if trainable_only:
-                raise HubError(f"{path}.pretrained is the local folder {source!r}: a trainable-only push needs every "
-                               "backbone on the Hub (push it there and name it hf-hub:org/name), or push with --full")
-            continue
-        out[path] = {"source": source, **pinned}
+        if pinned is None and trainable_only:
+            raise HubError(f"{path}.pretrained is the local folder {source!r}: a trainable-only push needs every "
+                           "backbone on the Hub (push it there and name it hf-hub:org/name), or push with --full")
+        out[path] = {"source": source, **(pinned or {})}  # a local folder: recorded, not pinned
     return out
 
 
@@ -117,20 +116,24 @@ def push_to_hub(model, repo_id: str, *, revision: str | None = None, private: bo
     target = parse_repo(repo_id)
     if target.revision:
         raise HubError(f"{repo_id!r}: give the branch with --revision, not @ in the repository name")
+    if create_pr and revision not in (None, "main"):
+        raise HubError("--create-pr opens a pull request against main (huggingface_hub's upload_folder): leave out "
+                       "--revision, or push to the branch itself")
     token = None if dry_run else _token(token)
     api = HfApi(token=token)
     work = Path(tempfile.mkdtemp(prefix="slmzoo-push-"))
     folder = work / "repo"
-    plan = stage(model, folder, target.repo_id, trainable_only, Path(run_dir) if run_dir else None,
-                 license=license, language=list(language or []), datasets=list(datasets or []))
-    plan.revision = revision or "main"
-    if not overwrite_readme and _remote_readme(api, HubSource(target.repo_id, revision), quiet=dry_run):
-        (folder / README_FILE).unlink()
-        plan.readme_kept = True
-    plan.files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    if dry_run:
-        return plan  # the staged folder stays for a look; it lives in the system's temporary directory
     try:
+        plan = stage(model, folder, target.repo_id, trainable_only, Path(run_dir) if run_dir else None,
+                     license=license, language=list(language or []), datasets=list(datasets or []))
+        plan.revision = revision or "main"
+        if not overwrite_readme and _remote_readme(api, HubSource(target.repo_id, revision), quiet=dry_run):
+            (folder / README_FILE).unlink()
+            plan.readme_kept = True
+        plan.files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size)
+                            for p in folder.rglob("*") if p.is_file())
+        if dry_run:
+            return plan
         with hub_errors(target, action="write to"):
             api.create_repo(target.repo_id, private=private, exist_ok=True)
         if revision and revision != "main" and not create_pr:

@@ -80,8 +80,8 @@ def render(inputs: ReadmeInputs) -> str:
     card = inputs.card
     lines = ["---", dump_yaml(front_matter(inputs)).rstrip(), "---", "", f"# {inputs.repo_id.split('/')[-1]}", ""]
     preset = f" (preset `{card.preset}`)" if card.preset else ""
-    lines += [f"A speech-augmented language model built with [slmzoo](https://github.com/slmzoo/slmzoo) from the "
-              f"`{card.name}` card{preset}, architecture `{card.architecture}`.", ""]
+    lines += [f"A speech-augmented language model built with slmzoo from the `{card.name}` card{preset}, "
+              f"architecture `{card.architecture}`.", ""]
     if card.data.get("description"):
         lines += [card.data["description"].strip(), ""]
     if card.data.get("paper"):
@@ -100,8 +100,12 @@ def _components(inputs: ReadmeInputs) -> list[str]:
     rows = ["## Components", "", "| Component | Type | Source | Parameters | Trainable |", "|---|---|---|---|---|"]
     for row in inputs.components:
         backbone = sources.get(row["component"])
-        source = f"[{backbone['repo']}](https://huggingface.co/{backbone['repo']}) @ `{backbone['revision'][:10]}`" \
-            if backbone and backbone.get("repo") else (backbone or {}).get("source") or "trained here"
+        if backbone and backbone.get("repo"):
+            source = f"[{backbone['repo']}](https://huggingface.co/{backbone['repo']}) @ `{backbone['revision'][:10]}`"
+        elif backbone:
+            source = backbone["source"]
+        else:
+            source = "-" if not row["params"] else "none (trained from scratch)"
         rows.append(f"| {row['component']} | {row['type']} | {source} | {human(row['params'])} | "
                     f"{human(row['trainable'])} |")
     weights = ("the trained weights only: each backbone is fetched from its pinned source when the model loads"
@@ -124,8 +128,9 @@ def _training(inputs: ReadmeInputs) -> list[str]:
         return []
     lines = ["## Training", "", f"- steps: {run.get('steps')}"]
     if run.get("train_audio_per_second") and run.get("wall_seconds"):
-        hours = run["train_audio_per_second"] * run["wall_seconds"] / 3600
-        lines.append(f"- audio seen: about {hours:.2f} hours")
+        seconds = run["train_audio_per_second"] * run["wall_seconds"]
+        amount = f"{seconds / 3600:.1f} hours" if seconds >= 360 else f"{seconds / 60:.1f} minutes"
+        lines.append(f"- audio seen: about {amount}")
     if run.get("final_loss") is not None:
         lines.append(f"- final training loss: {run['final_loss']:.4f}")
     validation = run.get("validation") or {}
