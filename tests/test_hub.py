@@ -142,6 +142,13 @@ def trained_run(corpus, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    """A saved tiny model (no training): what the push options and errors are tried on."""
+    return slmzoo.build(tiny_model_card()).save_pretrained(tmp_path_factory.mktemp("saved") / "tiny")
+
+
+@pytest.mark.slow
 def test_push_pull_generate_round_trip(hub, trained_run, corpus, tmp_path, monkeypatch):
     from huggingface_hub import HfApi, ModelCard
 
@@ -187,29 +194,29 @@ def saving_folder(run: Path) -> Path:
     return latest_checkpoint(run)
 
 
-def test_hand_written_readme_survives_a_second_push(hub, trained_run):
+def test_hand_written_readme_survives_a_second_push(hub, saved_tiny):
     from huggingface_hub import HfApi, hf_hub_download
 
-    assert cli("push", str(trained_run), "org/kept").exit_code == 0
+    assert cli("push", str(saved_tiny), "org/kept").exit_code == 0
     HfApi().upload_file(path_or_fileobj=b"# Written by hand\n", path_in_repo="README.md", repo_id="org/kept",
                         commit_message="by hand")
-    again = cli("push", str(trained_run), "org/kept")
+    again = cli("push", str(saved_tiny), "org/kept")
     assert again.exit_code == 0 and "was kept" in again.output
     assert Path(hf_hub_download("org/kept", "README.md")).read_text() == "# Written by hand\n"
-    assert cli("push", str(trained_run), "org/kept", "--overwrite-readme").exit_code == 0
+    assert cli("push", str(saved_tiny), "org/kept", "--overwrite-readme").exit_code == 0
     assert Path(hf_hub_download("org/kept", "README.md")).read_text().startswith("---\nlibrary_name: slmzoo")
 
 
-def test_push_to_a_branch_and_as_a_pull_request(hub, trained_run):
+def test_push_to_a_branch_and_as_a_pull_request(hub, saved_tiny):
     from huggingface_hub import HfApi
 
-    first = cli("push", str(trained_run), "org/branches")
+    first = cli("push", str(saved_tiny), "org/branches")
     assert first.exit_code == 0, first.output
     HfApi().create_branch("org/branches", branch="dev")
     main = hub.repos["org/branches"].refs["main"]
-    pushed = cli("push", str(trained_run), "org/branches", "--revision", "dev", "--full")
+    pushed = cli("push", str(saved_tiny), "org/branches", "--revision", "dev", "--full")
     assert pushed.exit_code == 0, pushed.output
-    proposed = cli("push", str(trained_run), "org/branches", "--create-pr", "--commit-message", "Proposal")
+    proposed = cli("push", str(saved_tiny), "org/branches", "--create-pr", "--commit-message", "Proposal")
     assert proposed.exit_code == 0 and "/discussions/1" in proposed.output, proposed.output
     refs = hub.repos["org/branches"].refs
     assert refs["main"] == main and refs["dev"] != main and "refs/pr/1" in refs  # only the branch asked for moved
@@ -222,24 +229,29 @@ def hub_folder(repo_id: str, revision: str) -> Path:
     return Path(snapshot(HubSource(repo_id, revision), allow_patterns=["slmzoo.json"]))
 
 
-def test_dry_run_uploads_nothing(hub, trained_run):
-    result = cli("push", str(trained_run), "org/dry", "--dry-run", "--revision", "dev")
+def test_dry_run_uploads_nothing(hub, saved_tiny):
+    result = cli("push", str(saved_tiny), "org/dry", "--dry-run", "--revision", "dev")
     assert result.exit_code == 0, result.output
     assert "org/dry at revision dev" in result.output and "model.safetensors" in result.output
     assert "library_name: slmzoo" in result.output and "README.md" in result.output
     assert "org/dry" not in hub.repos and not [r for r in hub.requests if r[0] == "POST"]
 
 
-def test_push_errors_are_plain(hub, trained_run, monkeypatch):
+def test_push_errors_are_plain(hub, saved_tiny, monkeypatch):
     from huggingface_hub import HfApi
 
     HfApi(token=BOB).create_repo("bob/own")
     cases = {("bob/own",): "may not write", ("org/x", "--revision", "nope"): "no branch 'nope'"}
     for args, message in cases.items():
-        result = cli("push", str(trained_run), *args)
+        result = cli("push", str(saved_tiny), *args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert cli("push", str(saved_tiny), "org/secret", "--private").exit_code == 0
+    assert hub.repos["org/secret"].private
+    monkeypatch.setenv("HF_TOKEN", BOB)  # may not read alice's private repository
+    result = cli("show", "hf-hub:org/secret")
+    assert result.exit_code == 2 and "no such repository, or a private one" in result.output
     monkeypatch.delenv("HF_TOKEN")
-    result = cli("push", str(trained_run), "org/x")
+    result = cli("push", str(saved_tiny), "org/x")
     assert result.exit_code == 2 and "needs a Hugging Face token" in result.output
 
 

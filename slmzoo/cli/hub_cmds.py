@@ -17,7 +17,7 @@ from slmzoo.cli.common import CLIError, JsonOpt, echo, echo_json, handle_errors,
 
 @handle_errors()
 def push(
-    model: Annotated[str, typer.Argument(help="A run folder (newest complete checkpoint), a checkpoint folder or a "
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A run folder (newest complete checkpoint), a checkpoint folder or a "
                                               "saved model: anything generate takes.")],
     repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="The Hub repository, org/name.")],
     revision: Annotated[Optional[str], typer.Option("--revision", metavar="BRANCH",
@@ -47,8 +47,9 @@ def push(
     if trainable_only and full:
         raise CLIError("--trainable-only and --full exclude each other")
     loaded = load_model(model)
+    mode = True if trainable_only else False if full else None  # None: trained weights only if backbones froze
     plan = push_to_hub(loaded, repo_id, revision=revision, private=private, create_pr=create_pr,
-                       commit_message=commit_message, trainable_only=True if trainable_only else False if full else None,
+                       commit_message=commit_message, trainable_only=mode,
                        dry_run=dry_run, overwrite_readme=overwrite_readme, run_dir=run_folder_of(model),
                        license=license_, language=language, datasets=dataset)
     if json_:
@@ -79,7 +80,8 @@ def _print_plan(plan) -> None:
 
 @handle_errors()
 def pull(
-    repo: Annotated[str, typer.Argument(metavar="REPO_ID[@REVISION]", help="org/name, optionally @branch, tag or sha.")],
+    repo: Annotated[str, typer.Argument(metavar="REPO_ID[@REVISION]",
+                                        help="org/name, optionally @branch, tag or sha.")],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also copy the model into this folder.")] = None,
     json_: JsonOpt = False,
 ) -> None:
