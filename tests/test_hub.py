@@ -350,6 +350,25 @@ def test_missing_plugin_is_named_with_its_distribution(hub, tmp_path):
     assert fetched <= {"card.yaml", "slmzoo.json"}  # show fetches the card alone
 
 
+def test_hub_weights_load_strictly(hub, saved_tiny, tmp_path):
+    """A pushed repository whose safetensors lacks a tensor (manifest and all consistent) is refused by name."""
+    import shutil
+
+    from huggingface_hub import HfApi
+    from safetensors.torch import save_file
+
+    folder = Path(shutil.copytree(saved_tiny, tmp_path / "short"))
+    tensors = saving.read_weights(folder)
+    dropped = sorted(k for k in tensors if k.startswith("adapter."))[0]
+    save_file({k: v.clone() for k, v in tensors.items() if k != dropped}, str(folder / "model.safetensors"))
+    saving.seal(folder)
+    api = HfApi()
+    api.create_repo("org/short")
+    api.upload_folder(folder_path=folder, repo_id="org/short", commit_message="x")
+    with pytest.raises(saving.CheckpointError, match=f"missing tensors: {dropped}"):
+        slmzoo.from_pretrained("hf-hub:org/short")
+
+
 def test_show_and_diff_of_a_hub_card_import_no_torch(hub, tmp_path):
     from huggingface_hub import HfApi
 

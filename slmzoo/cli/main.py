@@ -463,7 +463,8 @@ def build(
 @handle_errors()
 def generate(
     target: Annotated[str, typer.Argument(metavar="CARD_OR_DIR",
-                                          help="A card name or file, a saved model / checkpoint folder, a run folder, or hf-hub:org/name[@rev].")],
+                                          help="A card name or file, a saved model / checkpoint folder, a run "
+                                               "folder, or hf-hub:org/name[@rev].")],
     audio: Annotated[list[Path], typer.Option("--audio", "-a", help="An audio file (repeatable).")],
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", help="Instruction for every audio; default: the card's default task.")] = None,
