@@ -198,6 +198,9 @@ def test_hand_written_readme_survives_a_second_push(hub, saved_tiny):
     from huggingface_hub import HfApi, hf_hub_download
 
     assert cli("push", str(saved_tiny), "org/kept").exit_code == 0
+    hub.requests.clear()
+    assert slmzoo.load_processor("hf-hub:org/kept").sampling_rate == 16000
+    assert not [path for _, path in hub.requests if path.endswith(".safetensors")]  # a processor needs no weights
     HfApi().upload_file(path_or_fileobj=b"# Written by hand\n", path_in_repo="README.md", repo_id="org/kept",
                         commit_message="by hand")
     again = cli("push", str(saved_tiny), "org/kept")

@@ -166,6 +166,13 @@ def model_folder(source: HubSource) -> Path:
     return snapshot(pinned, allow_patterns=patterns)
 
 
+def processor_folder(source: HubSource) -> Path:
+    """The cache folder with what a processor needs: the card, ``slmzoo.json`` and ``tokenizer/`` (no weights)."""
+    folder = card_folder(source)
+    return snapshot(HubSource(source.repo_id, folder.name),
+                    allow_patterns=[saving.CARD_FILE, saving.INFO_FILE, f"{saving.TOKENIZER_DIR}/*"])
+
+
 def resolve(source: str | os.PathLike | HubSource, card_only: bool = False) -> Path:
     """The local folder a model source names (see the module doc for the rules). The one place a source becomes a
     folder: ``slmzoo.from_pretrained``, the CLI's model and card arguments, and backbones all come through here."""
@@ -192,7 +199,10 @@ def pretrained_entries(data: Any, path: str = "") -> Iterator[tuple[str, dict]]:
 def backbone_folder(source: str, weights: bool = True) -> str:
     """A ``pretrained`` value as components read it: ``hf-hub:`` -> the cache folder (config and tokenizer only
     when ``weights`` is False), ``local-dir:`` -> the path; anything else unchanged (a folder, or a hub id that
-    transformers fetches itself)."""
+    transformers fetches itself).
+
+    An ``hf-hub:`` backbone comes whole (every safetensors shard): an encoder given a bare hub id downloads only
+    the shards it reads (the LLM beside an audio LLM's tower stays on the Hub), given a folder it cannot."""
     parsed = parse(source)
     if parsed is None:
         return source
