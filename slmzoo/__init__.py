@@ -35,8 +35,11 @@ def build(card, meta: bool = False):
     return _build(card, meta=meta)
 
 
-def from_pretrained(path, **kwargs):
-    """Load a model saved with ``save_pretrained`` (or ``slmzoo build --out``, or a training checkpoint)."""
+def from_pretrained(source, **kwargs):
+    """Load a model saved with ``save_pretrained`` (or ``slmzoo build --out``, a training checkpoint, a Hub push):
+    a folder, ``local-dir:PATH``, or ``hf-hub:org/name[@revision]``. A bare string is a folder if it exists, else
+    ``org/name[@revision]`` on the Hub (:mod:`slmzoo.hub.sources`)."""
+    from slmzoo.hub.sources import resolve
     from slmzoo.saving import load_pretrained
 
-    return load_pretrained(path, **kwargs)
+    return load_pretrained(resolve(source), **kwargs)

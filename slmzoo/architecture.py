@@ -179,8 +179,17 @@ class Architecture(UsesProcessor, nn.Module):
         return save_pretrained(self, directory, trainable_only=trainable_only)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None):
-        """Load a saved-model folder; strict: a missing, unexpected or corrupted tensor is an error naming it."""
+    def from_pretrained(cls, source: str | os.PathLike, device: str | torch.device | None = None):
+        """Load a saved model (a folder, ``local-dir:PATH`` or ``hf-hub:org/name[@rev]``); strict: a missing,
+        unexpected or corrupted tensor is an error naming it."""
+        from slmzoo.hub.sources import resolve
         from slmzoo.saving import load_pretrained
 
-        return load_pretrained(directory, device=device)
+        return load_pretrained(resolve(source), device=device)
+
+    def push_to_hub(self, repo_id: str, **options):
+        """Push to the Hugging Face Hub as ``org/name`` (:func:`slmzoo.hub.push.push_to_hub`: ``revision``,
+        ``private``, ``create_pr``, ``commit_message``, ``trainable_only``, ``dry_run``, ``overwrite_readme``, ...)."""
+        from slmzoo.hub.push import push_to_hub
+
+        return push_to_hub(self, repo_id, **options)

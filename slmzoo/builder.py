@@ -109,16 +109,31 @@ def build(card, meta: bool = False, preset: str | None = None, overrides=None, l
     if not isinstance(card, ResolvedCard):
         card = load_card(card, preset=preset, overrides=overrides)
     model_class = card.spec.load_model_class()
+    # Components read hf-hub: / local-dir: backbone sources from local folders; the model keeps the card as written.
+    local = _with_local_sources(card, weights=load_weights and not meta)
     if processor is None:
         from slmzoo.processing import card_processor
 
-        processor = card_processor(card, meta=meta)
-    context = BuildContext(card=card, meta=meta, load_weights=load_weights, processor=processor)
+        processor = card_processor(local, meta=meta)
+    context = BuildContext(card=local, meta=meta, load_weights=load_weights, processor=processor)
     with torch.device("meta") if meta else contextlib.nullcontext():
         components = model_class.build_components(context)
     if processor is not None and "sampling_rate" in context.published:
         processor.audio = type(processor.audio)(sampling_rate=context.sampling_rate,
                                                 channels=processor.audio.channels)  # the built encoder decides
-    model = model_class(card=card, processor=processor, **components)
+    model = model_class(card=local, processor=processor, **components)
+    model.card = card
     model.apply_train_policy()
     return model
+
+
+def _with_local_sources(card: ResolvedCard, weights: bool) -> ResolvedCard:
+    from slmzoo.card.loader import load_resolved
+    from slmzoo.hub.sources import localize
+
+    data = localize(card.data, weights=weights)
+    if data is None:
+        return card
+    local = load_resolved(data, source=card.source)
+    local.preset = card.preset
+    return local

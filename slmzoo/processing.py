@@ -244,14 +244,20 @@ def card_processor(card, meta: bool = False, tokenizer_dir: str | os.PathLike | 
 
 
 def load_processor(source, preset: str | None = None, overrides=None, meta: bool = False) -> Processor:
-    """The processor of a card (a name, a path, or a loaded card) or of a saved model folder, without building
-    (or importing) the model."""
+    """The processor of a card (a name, a path, or a loaded card) or of a saved model (a folder, ``local-dir:PATH``
+    or ``hf-hub:org/name[@rev]``), without building (or importing) the model."""
     from slmzoo.card.loader import ResolvedCard, load_card
 
     if isinstance(source, ResolvedCard):
         return card_processor(source, meta=meta)
     from slmzoo import saving
+    from slmzoo.hub.sources import HubSource, parse, processor_folder
 
+    prefixed = parse(source) if isinstance(source, str) else None
+    if isinstance(prefixed, HubSource):  # the card and tokenizer files only: no weights are downloaded
+        folder = processor_folder(prefixed)
+        return Processor.from_card(saving.load_saved_card(folder), tokenizer_dir=folder / saving.TOKENIZER_DIR)
+    source = prefixed or source
     if saving.is_saved_model(source):
         if preset or overrides:
             raise ValueError(f"{source} is a saved model: presets and overrides apply to cards only")

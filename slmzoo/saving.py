@@ -6,8 +6,10 @@ A saved model (``save_pretrained``, ``slmzoo build --out``, every training check
     model.safetensors              the weights (tied tensors stored once); above a size limit instead
     model-00001-of-0000N.safetensors + model.safetensors.index.json
     tokenizer/                     tokenizer files, unless the card uses the built-in byte tokenizer
-    slmzoo.json                    format, versions, trainable_only, preset, backbone sources, and the size and
-                                   sha256 of every other file in the folder (written last)
+    slmzoo.json                    format, versions, trainable_only, preset, backbone sources (pinned to commit
+                                   shas by a Hub push: ``backbones``), the plugin distributions and versions of the
+                                   components the card names, and the size and sha256 of every other file in the
+                                   folder (written last)
 
 Loading is strict (a missing or unexpected tensor is an error naming it) and checks every file against
 ``slmzoo.json`` first, so a truncated or corrupted file is named instead of producing a broken model.
@@ -70,18 +72,74 @@ def read_info(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_saved_card(folder: str | os.PathLike):
-    """The validated card of a saved model (torch-free: ``show`` and ``diff`` use it)."""
+    """The validated card of a saved model (torch-free: ``show`` and ``diff`` use it). Each backbone source pinned
+    in ``slmzoo.json`` (``backbones``, written by a Hub push) reads ``hf-hub:REPO@SHA``: the commit it was pushed
+    against."""
     import yaml
 
     from slmzoo.card.loader import load_resolved
+    from slmzoo.hub.sources import apply_pins
 
     folder = Path(folder)
     card_file = folder / CARD_FILE
     if not card_file.is_file():
         raise FileNotFoundError(f"{folder}: not a saved slmzoo model (no {CARD_FILE})")
-    card = load_resolved(yaml.safe_load(card_file.read_text(encoding="utf-8")), source=str(card_file))
-    card.preset = read_info(folder).get("preset")
+    info = read_info(folder)
+    check_plugins(folder, info)
+    data = yaml.safe_load(card_file.read_text(encoding="utf-8"))
+    apply_pins(data, info.get("backbones") or {})
+    card = load_resolved(data, source=str(card_file))
+    card.preset = info.get("preset")
     return card
+
+
+# -- the plugins a saved card needs -------------------------------------------------------------------------
+class MissingPluginError(CheckpointError):
+    """A saved card names a component (or architecture) that no installed plugin registers."""
+
+
+def component_plugins(card) -> list[dict[str, Any]]:
+    """The architecture and every section's component of a resolved card, each with the plugin that registered it
+    and that plugin's distribution and version (recorded in ``slmzoo.json``, so that loading elsewhere can say what
+    to install)."""
+    from slmzoo.plugins import host
+
+    reg, plugins = host().registry, host().plugins
+    named = [("architecture", card.architecture, reg.get_architecture(card.architecture))]
+    for section in card.sections:
+        block = card.data.get(section)
+        if isinstance(block, dict) and isinstance(block.get("type"), str):
+            kind = card.spec.section(section).kind
+            named.append((kind, block["type"], reg.get(kind, block["type"])))
+    out = []
+    for kind, name, spec in named:
+        provider = getattr(spec, "provider", None)
+        plugin = plugins.get(provider)
+        out.append({"kind": kind, "name": name, "plugin": provider,
+                    "distribution": plugin.distribution if plugin else None,
+                    "version": plugin.version if plugin else None})
+    return out
+
+
+def check_plugins(folder: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
+    """Raise :class:`MissingPluginError` naming the distribution and version to install when a component the saved
+    card names (per ``slmzoo.json``) is not registered here."""
+    from slmzoo.plugins import registry
+
+    reg = registry()
+    missing = []
+    for entry in (read_info(folder) if info is None else info).get("plugins") or []:
+        kind, name = entry.get("kind"), entry.get("name")
+        found = reg.get_architecture(name) if kind == "architecture" else reg.get(kind, name)
+        if found is None:
+            missing.append(entry)
+    if missing:
+        needs = "; ".join(f"{e['kind']} {e['name']!r} from plugin {e.get('plugin')!r}" for e in missing)
+        installs = sorted({f"{e['distribution']}=={e['version']}" if e.get("version") else e["distribution"]
+                           for e in missing if e.get("distribution")})
+        fix = f"install it: pip install {' '.join(repr(i) for i in installs)}" if installs else (
+            "the distribution was not recorded: install the plugin that provides it")
+        raise MissingPluginError(f"{folder}: the card needs {needs}, which no installed plugin registers; {fix}")
 
 
 # -- integrity ---------------------------------------------------------------------------------------------
@@ -333,7 +391,8 @@ def save_pretrained(model, directory: str | os.PathLike, trainable_only: bool = 
         json.loads(json.dumps(model.card.data)), {})
     (directory / CARD_FILE).write_text(dump_yaml(card), encoding="utf-8")
     info: dict[str, Any] = {"format": FORMAT, "trainable_only": partial, "preset": model.card.preset,
-                            "architecture": model.card.architecture, "versions": versions()}
+                            "architecture": model.card.architecture, "versions": versions(),
+                            "plugins": component_plugins(model.card)}
     if found:
         info["sources"] = found  # where the backbones came from; the save no longer needs them
     if model.processor is not None:

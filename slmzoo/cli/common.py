@@ -143,11 +143,21 @@ def handle_errors(unexpected_code: int = 1) -> Callable:
 
 
 # -- cards and models ------------------------------------------------------------------------------
+def _prefixed_folder(arg: str, card_only: bool) -> Path | None:
+    """The local folder of an ``hf-hub:`` or ``local-dir:`` argument (None for any other argument). From the Hub,
+    ``card_only`` fetches the card and ``slmzoo.json`` alone."""
+    from slmzoo.hub.sources import parse, resolve
+
+    return resolve(arg, card_only=card_only) if parse(arg) is not None else None
+
+
 def card_source(arg: str) -> str:
-    """A card name, a card file, or a folder holding ``card.yaml`` (a saved model): its card file."""
-    path = Path(arg)
+    """A card name, a card file, or a saved model (a folder holding ``card.yaml``, ``local-dir:PATH``,
+    ``hf-hub:org/name[@rev]``): its card file."""
+    path = _prefixed_folder(arg, card_only=True) or Path(arg)
     if path.is_dir():
         if (path / saving.CARD_FILE).is_file():
+            saving.check_plugins(path)
             return str(path / saving.CARD_FILE)
         raise CLIError(f"{arg}: a folder, but not a saved slmzoo model (no {saving.CARD_FILE})")
     return arg
@@ -160,11 +170,12 @@ def load(arg: str, preset: str | None = None, sets: list[str] | None = None):
 
 
 def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
-    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder, or a card; in eval mode."""
+    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder (``local-dir:PATH`` and
+    ``hf-hub:org/name[@rev]`` too), or a card; in eval mode."""
     import slmzoo
     from slmzoo.training.checkpoints import latest_checkpoint
 
-    path = Path(model)
+    path = _prefixed_folder(model, card_only=False) or Path(model)
     if path.is_dir() and not saving.is_saved_model(path) and (path / "checkpoints").is_dir():
         newest = latest_checkpoint(path)
         if newest is None:
@@ -176,7 +187,7 @@ def load_model(model: str, preset: str | None = None, sets: list[str] | None = N
         return slmzoo.from_pretrained(path, device=device)
     from slmzoo.builder import build
 
-    built = build(load(model, preset, sets))
+    built = build(load(str(path), preset, sets))
     return built.to(device).eval() if device else built.eval()
 
 

@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from slmzoo.cli import train_cmds
+from slmzoo.cli import hub_cmds, train_cmds
 from slmzoo.cli.common import (
     CLIError,
     JsonOpt,
@@ -264,7 +264,7 @@ def _kinds_table(rows: list[dict[str, Any]]):
 @app.command()
 @handle_errors()
 def show(
-    card: Annotated[str, typer.Argument(help="A card name, a card file, or a saved model folder.")],
+    card: Annotated[str, typer.Argument(help="A card name, a card file, a saved model folder, or hf-hub:org/name[@rev].")],
     preset: PresetOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -326,8 +326,8 @@ def _arch(resolved) -> dict[str, Any]:
 @app.command()
 @handle_errors(unexpected_code=2)
 def diff(
-    left: Annotated[str, typer.Argument(help="A card name, file, or saved model folder.")],
-    right: Annotated[str, typer.Argument(help="A card name, file, or saved model folder.")],
+    left: Annotated[str, typer.Argument(help="A card name, file, saved model folder, or hf-hub:org/name[@rev].")],
+    right: Annotated[str, typer.Argument(help="A card name, file, saved model folder, or hf-hub:org/name[@rev].")],
     preset: PresetOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -465,7 +465,8 @@ def build(
 @handle_errors()
 def generate(
     target: Annotated[str, typer.Argument(metavar="CARD_OR_DIR",
-                                          help="A card name or file, a saved model / checkpoint folder, or a run folder.")],
+                                          help="A card name or file, a saved model / checkpoint folder, a run "
+                                               "folder, or hf-hub:org/name[@rev].")],
     audio: Annotated[list[Path], typer.Option("--audio", "-a", help="An audio file (repeatable).")],
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", help="Instruction for every audio; default: the card's default task.")] = None,
@@ -516,6 +517,7 @@ def _speak(model, paths: list[str], out_path: Path, prompt: str | None) -> tuple
 
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
+hub_cmds.register(app)  # push, pull
 app.add_typer(plugins_app, name="plugins")
 
 
