@@ -256,7 +256,7 @@ def load_processor(source, preset: str | None = None, overrides=None, meta: bool
     prefixed = parse(source) if isinstance(source, str) else None
     if isinstance(prefixed, HubSource):  # the card and tokenizer files only: no weights are downloaded
         folder = processor_folder(prefixed)
-        return Processor.from_card(saving.load_saved_card(folder), tokenizer_dir=folder / saving.TOKENIZER_DIR)
+        return card_processor(saving.load_saved_card(folder), tokenizer_dir=folder / saving.TOKENIZER_DIR)
     source = prefixed or source
     if saving.is_saved_model(source):
         if preset or overrides:
