@@ -356,3 +356,39 @@ def test_ddp_looks_for_unused_parameters_only_when_layers_are_dropped():
     assert not skips_layers(slmzoo.build(slmzoo.load_card("ultravox", preset="tiny")))
     whisper = slmzoo.load_card("ultravox", preset="tiny", overrides=["encoder.config.encoder_layerdrop=0.2"])
     assert skips_layers(slmzoo.build(whisper))
+
+
+def test_train_init_starts_from_a_trained_model(corpus, tmp_path):
+    """--init: a run's first weights are those of a saved model (any source generate takes); a tensor that does
+    not fit the card's model is named."""
+    import typer
+
+    import slmzoo
+    from slmzoo.cli.train_cmds import register
+
+    app = typer.Typer()
+    register(app)
+    card = tiny_model_card()
+    torch.manual_seed(1)
+    start = slmzoo.build(card)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.fill_(0.0125)
+    start.save_pretrained(tmp_path / "start")
+    sets = [a for s in ("encoder.type=fake_frames", "adapter.type=fake_linear", *FAST, "train.max_steps=1",
+                        "train.lr=1e-9", "train.warmup_steps=0") for a in ("--set", s)]
+
+    def run(out, *extra):
+        return CliRunner().invoke(app, ["train", "salm", "--preset", "tiny", *sets, "--train", str(corpus),
+                                        "--out", str(tmp_path / out), "--no-progress", *extra])
+
+    assert run("init", "--init", f"local-dir:{tmp_path / 'start'}").exit_code == 0
+    assert run("fresh").exit_code == 0
+    after = slmzoo.from_pretrained(ckpt.latest_checkpoint(tmp_path / "init"))
+    fresh = slmzoo.from_pretrained(ckpt.latest_checkpoint(tmp_path / "fresh"))
+    weights = dict(after.named_parameters())
+    assert all(torch.allclose(p, torch.full_like(p, 0.0125), atol=1e-6) for p in weights.values())
+    assert not all(torch.allclose(p, torch.full_like(p, 0.0125), atol=1e-6) for p in fresh.parameters())
+    bad = run("bad", "--init", str(tmp_path / "start"), "--set", "llm.config.hidden_size=32")
+    assert bad.exit_code == 2 and "has shape" in bad.output
+    assert run("none", "--init", str(tmp_path)).exit_code == 2

@@ -169,10 +169,9 @@ def load(arg: str, preset: str | None = None, sets: list[str] | None = None):
     return load_card(card_source(arg), preset=preset, overrides=list(sets or []))
 
 
-def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
-    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder (``local-dir:PATH`` and
-    ``hf-hub:org/name[@rev]`` too), or a card; in eval mode."""
-    import slmzoo
+def saved_model_folder(model: str) -> Path:
+    """The saved-model folder ``model`` names: a run folder's newest intact checkpoint, a saved model or checkpoint
+    folder, ``local-dir:PATH`` or ``hf-hub:org/name[@rev]`` (downloaded); else ``model`` itself as a path."""
     from slmzoo.training.checkpoints import latest_checkpoint
 
     path = _prefixed_folder(model, card_only=False) or Path(model)
@@ -181,6 +180,15 @@ def load_model(model: str, preset: str | None = None, sets: list[str] | None = N
         if newest is None:
             raise CLIError(f"{model}: a run folder without a complete, intact checkpoint")
         path = newest
+    return path
+
+
+def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
+    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder (``local-dir:PATH`` and
+    ``hf-hub:org/name[@rev]`` too), or a card; in eval mode."""
+    import slmzoo
+
+    path = saved_model_folder(model)
     if saving.is_saved_model(path):
         if sets or preset:
             raise CLIError(f"{model} is a saved model: --preset and --set apply to cards only")

@@ -13,7 +13,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from slmzoo.cli.common import JsonOpt, PresetOpt, SetOpt, echo, echo_json, handle_errors, load, load_model, out
+from slmzoo import saving
+from slmzoo.cli.common import (
+    CLIError,
+    JsonOpt,
+    PresetOpt,
+    SetOpt,
+    echo,
+    echo_json,
+    handle_errors,
+    load,
+    load_model,
+    out,
+    saved_model_folder,
+)
 
 
 def _setup_logging(run_dir: Path | None = None) -> None:
@@ -40,6 +53,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad data item.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    init: Annotated[Optional[str], typer.Option(
+        "--init", help="Start from the weights of a trained model: a saved model, checkpoint or run folder, "
+        "local-dir:PATH or hf-hub:org/name[@rev] (its tensors must fit the card's model).")] = None,
 ) -> None:
     """Train a card on manifests with Accelerate; writes checkpoints and metrics to --out."""
     from slmzoo.training.loop import RunOptions
@@ -47,8 +63,13 @@ def train(
 
     _setup_logging(out_dir)
     resolved = load(card, preset, sets)
+    init_folder = None
+    if init is not None:
+        init_folder = saved_model_folder(init)
+        if not saving.is_saved_model(init_folder):
+            raise CLIError(f"--init {init}: not a trained model (a saved model, checkpoint or run folder)")
     summary = run(resolved, RunOptions(train=list(train_manifests), out=out_dir, val=val, resume=resume,
-                                       strict=strict, progress=progress))
+                                       strict=strict, progress=progress, init=init_folder))
     if summary["is_main"]:
         out().print(f"trained to step {summary['step']} in {summary['wall_seconds']:.0f} s; "
                     f"checkpoint {summary['checkpoint']}; skipped {summary['issues']['skipped']} bad item(s)")

@@ -41,6 +41,7 @@ class RunOptions:
     progress: bool = True
     bucketing: bool = True  # False: random batches (the benchmark's baseline)
     val_limit: int | None = 200  # utterances decoded for the validation WER
+    init: Path | None = None  # a saved-model folder whose weights the run starts from (fine-tuning)
     extra: dict = field(default_factory=dict)
 
 
@@ -130,6 +131,17 @@ class Run:
         return Path(self.options.out)
 
 
+def initialise(model, folder: Path) -> None:
+    """A fine-tuning run's start: the weights of a saved model (checked against its ``slmzoo.json``) into ``model``.
+    Every tensor must fit by name and shape; tensors it lacks (a trainable-only save's backbones) keep the card's."""
+    from slmzoo import saving
+
+    saving.verify(folder)
+    missing = saving.load_state(model, saving.read_weights(folder), strict=False, where=f"--init {folder}")
+    log.info("initialised from %s%s", folder,
+             f" ({len(missing)} tensor(s) it does not hold kept from the card's own sources)" if missing else "")
+
+
 def setup(card, options: RunOptions) -> Run:
     """Accelerator, model (resumed weights loaded before wrapping), optimizer, scheduler, data and logger."""
     from accelerate import Accelerator
@@ -156,6 +168,8 @@ def setup(card, options: RunOptions) -> Run:
     model = build(card)
     if resume_from is not None:  # into the whole model, before FSDP shards it
         ckpt.load_model_weights(resume_from, model)
+    elif options.init is not None:
+        initialise(model, options.init)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
