@@ -51,7 +51,7 @@ TOWER_FIELDS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder
                 "max_source_positions", "activation_function", "scale_embedding")
 
 
-def _tower_config(loaded, pretrained: str):
+def tower_config(loaded, pretrained: str):
     """The WhisperConfig of an audio LLM whose audio tower is a Whisper encoder (Qwen2-Audio, AF3, Voxtral)."""
     from transformers import WhisperConfig
 
@@ -71,7 +71,7 @@ def _config(options, from_config: bool):
     if options.config is not None and (from_config or options.pretrained is None):
         return WhisperConfig(**options.config)
     return load_config(WhisperConfig, options.pretrained,
-                       convert=lambda loaded: _tower_config(loaded, options.pretrained))
+                       convert=lambda loaded: tower_config(loaded, options.pretrained))
 
 
 def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:

@@ -160,7 +160,8 @@ def load(arg: str, preset: str | None = None, sets: list[str] | None = None):
 
 
 def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
-    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder, or a card; in eval mode."""
+    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder, a release folder (imported
+    on the fly), or a card; in eval mode."""
     import slmzoo
     from slmzoo.training.checkpoints import latest_checkpoint
 
@@ -170,9 +171,9 @@ def load_model(model: str, preset: str | None = None, sets: list[str] | None = N
         if newest is None:
             raise CLIError(f"{model}: a run folder without a complete, intact checkpoint")
         path = newest
-    if saving.is_saved_model(path):
+    if path.is_dir():  # a saved model, or a release folder an importer recognises (imported on the fly)
         if sets or preset:
-            raise CLIError(f"{model} is a saved model: --preset and --set apply to cards only")
+            raise CLIError(f"{model} is a saved model or a release: --preset and --set apply to cards only")
         return slmzoo.from_pretrained(path, device=device)
     from slmzoo.builder import build
 

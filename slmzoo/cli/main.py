@@ -487,6 +487,29 @@ def generate(
         echo(text)
 
 
+# -- import ----------------------------------------------------------------------------------------
+@app.command("import")
+@handle_errors()
+def import_(
+    source: Annotated[str, typer.Argument(help="A released checkpoint: a local folder as the Hub holds it.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The slmzoo model folder to write.")],
+    card: Annotated[Optional[str], typer.Option(
+        "--card", help="The zoo card to map the release onto; default: the one its importer names.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """A released speech LLM as a standalone slmzoo model folder (its card, weights, tokenizer)."""
+    from slmzoo.importing import find_importer, import_to
+
+    if not Path(source).is_dir():
+        raise CLIError(f"{source}: no such folder")
+    spec = find_importer(source, card)  # an unrecognised release fails before anything is built
+    saved = import_to(source, out_dir, card=spec.card)
+    if json_:
+        echo_json({"source": source, "importer": spec.name, "card": spec.card, "saved": str(saved)})
+        return
+    echo(f"imported {source} with the {spec.name} importer (card {spec.card}); saved to {saved}")
+
+
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
 app.add_typer(plugins_app, name="plugins")

@@ -1,0 +1,86 @@
+"""Tiny random releases in the layout the Hugging Face Hub holds them, built offline.
+
+A release folder here is what ``save_pretrained`` of transformers' own classes writes: ``config.json``,
+``generation_config.json``, sharded safetensors with ``model.safetensors.index.json`` (in transformers' legacy
+layout by default, as the Hub holds it, or v5's renamed one), the processor's ``preprocessor_config.json`` and a
+real BPE tokenizer trained here with ``tokenizers`` (its special tokens those of the release).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: Text the tiny tokenizers learn their merges from (the prompts the tests use, and some more).
+CORPUS = [
+    "What does the speaker say? Describe it. Detect the language and recognize the speech.",
+    "You are a helpful assistant. Transcribe the input speech. Answer the question in the audio.",
+    "system user assistant Audio 1: the quick brown fox jumps over the lazy dog 0123456789",
+] * 4
+
+
+def train_tokenizer(specials: list[str], eos: str, pad: str, vocab_size: int = 360, bos: str | None = None):
+    """A byte-level BPE tokenizer trained on :data:`CORPUS`, ``specials`` first (ids 0, 1, ...) and special."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=pad, bos_token=bos)
+
+
+def shard_and_save(model, folder: Path, layout: str = "legacy", shard_size: str = "150KB") -> Path:
+    """``model.save_pretrained`` in shards with an index: the legacy layout (what transformers writes by default
+    and the Hub holds) or ``v5`` (transformers 5's renamed module names)."""
+    model.save_pretrained(folder, max_shard_size=shard_size, save_original_format=layout == "legacy")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded, as released
+    return folder
+
+
+def save_processor_files(folder: Path, feature_extractor, tokenizer, chat_template: str | None = None) -> None:
+    """The processor's files as the Hub holds them (transformers 4.x wrote them one by one):
+    ``preprocessor_config.json``, the tokenizer's, and ``chat_template.json`` when the release ships one."""
+    feature_extractor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if chat_template is not None:
+        (folder / "chat_template.json").write_text(json.dumps({"chat_template": chat_template}))
+
+
+def weight_names(folder: Path) -> list[str]:
+    return sorted(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
+
+
+# -- Qwen2-Audio ------------------------------------------------------------------------------------------
+QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+
+
+def qwen2_audio_release(folder: Path, layout: str = "legacy", chat_template: bool = False):
+    """A tiny Qwen2-Audio-7B-Instruct: ``(folder, reference model, reference processor)``. Like the Hub's main
+    branch the folder ships no ``chat_template`` unless ``chat_template`` (then the processor's own is saved)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(QWEN2_AUDIO_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    config = tf.Qwen2AudioConfig(
+        audio_config={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                      "num_mel_bins": 128, "max_source_positions": 1500},
+        text_config={"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": len(tokenizer) + 8,
+                     "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+                     "bos_token_id": stops[1], "eos_token_id": stops[0], "pad_token_id": stops[1]},
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    model = tf.Qwen2AudioForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = stops[1]
+    shard_and_save(model, folder, layout)
+    save_processor_files(folder, tf.WhisperFeatureExtractor(feature_size=128), tokenizer,
+                         tf.Qwen2AudioProcessor.default_chat_template.fget(None) if chat_template else None)
+    return folder, model, tf.Qwen2AudioProcessor.from_pretrained(folder)

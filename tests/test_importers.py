@@ -1,0 +1,164 @@
+"""Released checkpoints imported: the same prompts, logits and greedy tokens as the reference implementation.
+
+Each test builds a tiny random release of a transformers-implemented model as the Hub holds it
+(tests/releases.py: sharded safetensors with an index, in the legacy layout or v5's, a trained BPE tokenizer, the
+processor's files), imports it, and compares with transformers' class and processor on the same audio and
+instruction: the prompt's token ids (the reference processor's chat template), the logits over the fused sequence
+(1e-4, fp32) and 32 greedy tokens, our side running clips of different lengths as one batch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import slmzoo
+from slmzoo.cli.main import app
+from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
+from tests.releases import qwen2_audio_release, weight_names
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+NEW_TOKENS = 32
+
+
+def _clips() -> list[torch.Tensor]:
+    # 1 s and 0.62 s: 9970 samples is where a floor of samples / hop would lose a mel frame the mask counts.
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(16000, generator=generator) * 0.1, torch.randn(9970, generator=generator) * 0.1]
+
+
+def _expand(ids: torch.Tensor, tag: int, count: int) -> list[int]:
+    """One audio tag -> ``count`` copies, as the reference processors lay prompts out."""
+    out = []
+    for token in ids.tolist():
+        out += [tag] * count if token == tag else [token]
+    return out
+
+
+def assert_matches_reference(model, reference, inputs_of, clips, instructions):
+    """Our batch of ``clips`` against the reference run on each alone: ``inputs_of(i) -> the reference
+    processor's inputs for clip i`` (``input_ids [1, L]`` with the audio tokens expanded, features)."""
+    batch = model.prepare_batch(clips, prompts=instructions)
+    with torch.no_grad():
+        embeds, _ = model.encode_audio(batch["audio"], batch["audio_lens"])
+        logits = model(batch).logits
+    ours_new = model.generate_ids(clips, prompts=instructions, max_new_tokens=NEW_TOKENS)
+    lengths = []
+    for i in range(len(clips)):
+        inputs = inputs_of(i)
+        ids = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+        assert _expand(ids, model.audio_token_id, len(embeds[i])) == inputs["input_ids"][0].tolist()
+        with torch.no_grad():
+            expected = reference(**inputs).logits[0]
+            theirs = reference.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
+        torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-4, rtol=1e-4)
+        theirs_new = theirs[inputs["input_ids"].shape[1]:].tolist()
+        row = ours_new[i].tolist()
+        assert row[: len(theirs_new)] == theirs_new
+        assert set(row[len(theirs_new):]) <= {model.pad_token_id}
+        lengths.append(len(theirs_new))
+    return [len(e) for e in embeds], lengths
+
+
+# -- Qwen2-Audio ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout,chat_template", [("legacy", False), ("v5", True)])
+def test_qwen2_audio_release_imports_and_matches_transformers(tmp_path, layout, chat_template):
+    folder, reference, processor = qwen2_audio_release(tmp_path / "release", layout, chat_template)
+    names = weight_names(folder)
+    assert ("language_model.model.norm.weight" in names) == (layout == "legacy")
+    assert ("model.language_model.norm.weight" in names) == (layout == "v5")
+    model = slmzoo.from_pretrained(folder)  # recognised and imported on the fly
+    assert model.card.name == "qwen2-audio" and model.encoder.config.d_model == 32
+
+    clips, instructions = _clips(), ["What does the speaker say?", "Describe it."]
+
+    def inputs_of(i):
+        chat = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                             {"type": "text", "text": instructions[i]}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()], sampling_rate=16000, return_tensors="pt")
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions)
+    assert counts == [25, 16]  # 25 embeddings per second
+    assert max(generated) == NEW_TOKENS  # at least one row decodes the whole 32 tokens
+
+
+def test_import_writes_a_standalone_model_that_loads_the_same(tmp_path):
+    folder, _, _ = qwen2_audio_release(tmp_path / "release")
+    result = runner.invoke(app, ["import", str(folder), "--out", str(tmp_path / "imported"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["importer"] == "qwen2-audio"
+    saved = slmzoo.from_pretrained(tmp_path / "imported")
+    assert saved.card.data["llm"]["tokenizer"] is None  # the release's tokenizer travels in the folder
+    assert (tmp_path / "imported" / "tokenizer" / "tokenizer.json").is_file()
+    fresh = import_checkpoint(folder)
+    batch = fresh.prepare_batch(_clips(), prompts=["What does the speaker say?", "Describe it."])
+    assert torch.equal(saved.prepare_batch(_clips(), prompts=["What does the speaker say?", "Describe it."])
+                       ["input_ids"], batch["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(saved(batch).logits, fresh(batch).logits, atol=0, rtol=0)
+    assert saved.processor.stop_token_ids == fresh.processor.stop_token_ids == sorted(
+        fresh.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))
+
+
+# -- errors name what did not match ----------------------------------------------------------------------
+def test_an_unrecognised_release_is_an_error_naming_its_config(tmp_path):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["WhisperForConditionalGeneration"],
+                                                    "model_type": "whisper"}))
+    with pytest.raises(ReleaseError, match="WhisperForConditionalGeneration.*'whisper'.*qwen2-audio"):
+        find_importer(folder)
+    result = runner.invoke(app, ["import", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no importer recognises" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["generate", str(empty), "--audio", str(folder / "config.json")])
+    assert result.exit_code == 2 and "neither a saved slmzoo model" in result.output
+    with pytest.raises(ReleaseError, match="--card voxtral-nope: no importer"):
+        find_importer(folder, card="voxtral-nope")
+
+
+def _edit_shards(folder, edit) -> None:
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors = edit(load_file(folder / shard))
+        save_file(tensors, folder / shard, metadata={"format": "pt"})
+        for name in set(index["weight_map"]) - set(tensors):
+            if index["weight_map"][name] == shard:
+                del index["weight_map"][name]
+        index["weight_map"].update({name: shard for name in tensors})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_weights_that_do_not_fit_are_named(tmp_path):
+    folder, _, _ = qwen2_audio_release(tmp_path / "release")
+
+    def edit(tensors):
+        tensors.pop("audio_tower.layer_norm.bias", None)
+        if "multi_modal_projector.linear.weight" in tensors:
+            tensors["multi_modal_projector.linear.weight"] = tensors["multi_modal_projector.linear.weight"][:, :8].contiguous()
+            tensors["multi_modal_projector.extra.weight"] = torch.zeros(2)
+        return tensors
+
+    _edit_shards(folder, edit)
+    with pytest.raises(ReleaseError) as error:
+        import_checkpoint(folder)
+    message = str(error.value)
+    assert "no rule of the importer maps: multi_modal_projector.extra.weight" in message
+    assert "lacks: model.audio_tower.layer_norm.bias (for encoder.encoder.layer_norm.bias)" in message
+    assert "multi_modal_projector.linear.weight has shape (64, 8), the card's model expects (64, 32)" in message
+
+
+def test_a_release_with_other_feature_settings_is_refused(tmp_path):
+    folder, _, _ = qwen2_audio_release(tmp_path / "release")
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**settings, "hop_length": 320}))
+    with pytest.raises(ReleaseError, match="hop_length 320 .the whisper encoder computes 160"):
+        import_checkpoint(folder)
