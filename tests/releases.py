@@ -84,3 +84,53 @@ def qwen2_audio_release(folder: Path, layout: str = "legacy", chat_template: boo
     save_processor_files(folder, tf.WhisperFeatureExtractor(feature_size=128), tokenizer,
                          tf.Qwen2AudioProcessor.default_chat_template.fget(None) if chat_template else None)
     return folder, model, tf.Qwen2AudioProcessor.from_pretrained(folder)
+
+
+# -- Voxtral ------------------------------------------------------------------------------------------------
+#: Voxtral's control tokens: mistral-common's v7 order; [AUDIO] at 24 as VoxtralProcessor hard-codes it.
+TEKKEN_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                   "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                   "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]",
+                   "[ARGS]", "[CALL_ID]", "<SPECIAL_22>", "<SPECIAL_23>", "[AUDIO]", "[BEGIN_AUDIO]", "[TRANSCRIBE]"]
+
+
+def tiny_tekken(file: Path, vocab: int = 600, num_special: int = 40) -> int:
+    """A tekken.json: the first ``vocab`` merges of mistral-common's own tekken vocabulary (a real tiktoken BPE,
+    truncated), Voxtral's special tokens and audio settings. Returns the vocabulary size."""
+    import mistral_common
+
+    source = json.loads((Path(mistral_common.__file__).parent / "data" / "tekken_240911.json").read_text())
+    data = {"config": {**source["config"], "num_vocab_tokens": vocab, "default_vocab_size": vocab + num_special,
+                       "default_num_special_tokens": num_special, "version": "v7"},
+            "vocab": source["vocab"][:vocab],
+            "special_tokens": [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(TEKKEN_SPECIALS)],
+            "audio": {"sampling_rate": 16000, "frame_rate": 12.5, "chunk_length_s": 30.0,
+                      "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400}}}
+    file.write_text(json.dumps(data))
+    return vocab + num_special
+
+
+def voxtral_release(folder: Path, layout: str = "legacy"):
+    """A tiny Voxtral Mini: ``(folder, reference model, reference processor)``; the tokenizer is mistral-common's
+    (``tekken.json``), the processor transformers' VoxtralProcessor over it."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = tiny_tekken(folder / "tekken.json")
+    config = tf.VoxtralConfig(
+        audio_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128,
+                      "num_mel_bins": 128, "max_source_positions": 1500},
+        text_config={"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": vocab_size,
+                     "max_position_embeddings": 4096, "rope_theta": 1e8, "rms_norm_eps": 1e-5,
+                     "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 11},
+        audio_token_id=24, projector_hidden_act="gelu")
+    model = tf.VoxtralForConditionalGeneration(config).eval()
+    model.generation_config.update(bos_token_id=1, eos_token_id=2, pad_token_id=11)
+    shard_and_save(model, folder, layout)
+    extractor = tf.WhisperFeatureExtractor(feature_size=128)
+    extractor.save_pretrained(folder)
+    processor = tf.VoxtralProcessor(feature_extractor=extractor,
+                                    tokenizer=tf.MistralCommonBackend.from_pretrained(folder))
+    return folder, model, processor

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import slmzoo
 from slmzoo.cli.main import app
 from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
-from tests.releases import qwen2_audio_release, weight_names
+from tests.releases import qwen2_audio_release, voxtral_release, weight_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -105,6 +105,38 @@ def test_import_writes_a_standalone_model_that_loads_the_same(tmp_path):
         torch.testing.assert_close(saved(batch).logits, fresh(batch).logits, atol=0, rtol=0)
     assert saved.processor.stop_token_ids == fresh.processor.stop_token_ids == sorted(
         fresh.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))
+
+
+# -- Voxtral -----------------------------------------------------------------------------------------------
+def test_voxtral_release_imports_and_matches_transformers_and_mistral_common(tmp_path):
+    """mistral-common tokenizes (chat and transcription requests), VoxtralProcessor makes the features; a 45 s
+    clip spans two 30 s windows."""
+    import soundfile as sf
+
+    folder, reference, processor = voxtral_release(tmp_path / "release", layout="v5")
+    model = import_checkpoint(folder)
+    generator = torch.Generator().manual_seed(2)
+    long_clip = torch.randn(45 * 16000, generator=generator) * 0.1
+    paths = []
+    # 16-bit wavs: mistral-common hands the processor its audio as 16-bit PCM (a float file would be quantised on
+    # its side only), so both sides read the same samples.
+    for i, clip in enumerate([*_clips(), long_clip]):
+        paths.append(str(tmp_path / f"clip{i}.wav"))
+        sf.write(paths[-1], clip.numpy(), 16000, subtype="PCM_16")
+    instructions = ["What does the speaker say?", "Describe it.", None]  # None: the card's asr task
+
+    def inputs_of(i):
+        if instructions[i] is None:  # lang:en[TRANSCRIBE]
+            return dict(processor.apply_transcription_request(audio=paths[i], model_id="tiny", language="en"))
+        chat = [{"role": "user", "content": [{"type": "audio", "path": paths[i]},
+                                             {"type": "text", "text": instructions[i]}]}]
+        return dict(processor.apply_chat_template(chat))
+
+    counts, generated = assert_matches_reference(model, reference, inputs_of, paths, instructions)
+    assert counts == [375, 375, 750]  # 375 per 30 s window, encoded silence included
+    assert max(generated) == NEW_TOKENS
+    transcription = model.prepare_batch(paths[:1], prompts=None)["input_ids"][0].tolist()
+    assert model.tokenizer.decode(transcription[4:]) == "[/INST]lang:en[TRANSCRIBE]"
 
 
 # -- errors name what did not match ----------------------------------------------------------------------

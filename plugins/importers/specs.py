@@ -11,6 +11,12 @@ IMPORTERS = (
         description="Qwen2-Audio-7B and -Instruct (transformers' Qwen2AudioForConditionalGeneration).",
         factory="slmzoo_plugins.importers.qwen2_audio:Qwen2AudioImporter",
         architectures=("Qwen2AudioForConditionalGeneration",), model_types=("qwen2_audio",)),
+    ImporterSpec(
+        name="voxtral", card="voxtral",
+        description="Voxtral Mini 3B and Small 24B (transformers' VoxtralForConditionalGeneration; tekken.json "
+                    "tokenizer).",
+        factory="slmzoo_plugins.importers.voxtral:VoxtralImporter",
+        architectures=("VoxtralForConditionalGeneration",), model_types=("voxtral",)),
 )
 
 
