@@ -68,11 +68,10 @@ def find_importer(folder: str | os.PathLike, card: str | None = None) -> Importe
     for spec in candidates:
         if spec.recognises(config):
             return spec
-    known = "; ".join(f"{spec.name} (card {spec.card}): {', '.join(spec.architectures + spec.model_types) or 'config keys ' + ', '.join(spec.config_keys)}"
-                      for spec in candidates) or "none registered"
+    known = "; ".join(f"{spec.name} (card {spec.card}): {_recognised(spec)}" for spec in candidates)
     raise ReleaseError(f"{folder}: no importer recognises this release: its {CONFIG_FILE} names architectures "
                        f"{config.get('architectures')} and model_type {config.get('model_type')!r}. Importers: "
-                       f"{known}")
+                       f"{known or 'none registered'}")
 
 
 def is_release(folder: str | os.PathLike) -> bool:
@@ -176,9 +175,11 @@ class Importer:
                 return ours + name[len(theirs):]
         return None
 
-    def release_name(self, model_name: str) -> str | None:
-        """The inverse of :meth:`model_name` (in the layout ``rules`` are written for): what export writes."""
-        for theirs, ours in self.rules:
+    @classmethod
+    def release_name(cls, model_name: str) -> str | None:
+        """The inverse of :meth:`model_name`, in the layout ``rules`` are written for (the yardsticks copy our
+        weights into the reference by it)."""
+        for theirs, ours in cls.rules:
             if model_name.startswith(ours):
                 return theirs + model_name[len(ours):]
         return None
@@ -209,6 +210,10 @@ class Importer:
         if problems:
             raise self.fail("the weights do not fit: " + "; ".join(problems))
         model.load_state_dict({ours: t for ours, (_, t) in tensors.items()}, strict=False)
+
+
+def _recognised(spec: ImporterSpec) -> str:
+    return ", ".join(spec.architectures + spec.model_types) or "config keys " + ", ".join(spec.config_keys)
 
 
 def _tied_to_given(name: str, expected: dict, given: dict) -> bool:

@@ -134,3 +134,69 @@ def voxtral_release(folder: Path, layout: str = "legacy"):
     processor = tf.VoxtralProcessor(feature_extractor=extractor,
                                     tokenizer=tf.MistralCommonBackend.from_pretrained(folder))
     return folder, model, processor
+
+
+# -- Granite Speech ---------------------------------------------------------------------------------------------
+GRANITE_SPECIALS = ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|audio|>"]
+#: Granite 3.3's template, its default system prompt with a pinned date.
+GRANITE_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set system = 'Knowledge Cutoff Date: April 2024.\\n"
+    "Today\\'s Date: December 1, 2026.\\nYou are Granite, developed by IBM. You are a helpful AI assistant.' %}"
+    "{%- set loop_messages = messages %}{%- endif %}"
+    "<|start_of_role|>system<|end_of_role|>{{ system }}<|end_of_text|>\n"
+    "{% for m in loop_messages %}<|start_of_role|>{{ m['role'] }}<|end_of_role|>{{ m['content'] }}<|end_of_text|>\n"
+    "{% endfor %}{%- if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{%- endif %}"
+)
+GRANITE_MELS = {"sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 16}
+
+
+def granite_speech_release(folder: Path, layout: str = "legacy", rank: int = 4, alpha: float = 8.0):
+    """A tiny Granite Speech 3.3 with its LoRA (peft's adapter files, q_proj and v_proj, random A and B):
+    ``(folder, reference, tokenizer)``. The reference has the LoRA merged into its weights, which is what
+    transformers computes with the adapter enabled (peft >= 0.22, which transformers needs for adapters, is not
+    installable here)."""
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(GRANITE_SPECIALS, eos="<|end_of_text|>", pad="<|end_of_text|>")
+    tokenizer.chat_template = GRANITE_TEMPLATE
+    end = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    config = tf.GraniteSpeechConfig(
+        encoder_config=dict(input_dim=32, num_layers=2, hidden_dim=32, num_heads=2, dim_head=16, feedforward_mult=2,
+                            output_dim=12, context_size=8, max_pos_emb=16, conv_kernel_size=5,
+                            conv_expansion_factor=2, dropout=0.0),
+        projector_config=dict(model_type="blip_2_qformer", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64, encoder_hidden_size=32),
+        text_config=dict(model_type="granite", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer) + 4,
+                         tie_word_embeddings=True, embedding_multiplier=12.0, logits_scaling=16.0,
+                         residual_multiplier=0.22, attention_multiplier=0.0625, bos_token_id=end, eos_token_id=end,
+                         pad_token_id=end),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|audio|>"), has_lora_adapter=True,
+        window_size=15, downsample_rate=5)
+    model = tf.GraniteSpeechForConditionalGeneration(config).eval()
+    for name, buffer in model.model.encoder.named_buffers():  # BatchNorm statistics other than the init's 0 / 1
+        if "running" in name:
+            buffer.uniform_(0.5, 1.5)
+    model.generation_config.update(eos_token_id=end, pad_token_id=end)
+    shard_and_save(model, folder, layout, shard_size="100KB")
+    lora = {}
+    for i, layer in enumerate(model.model.language_model.layers):
+        for target in ("q_proj", "v_proj"):
+            linear = getattr(layer.self_attn, target)
+            a, b = torch.randn(rank, linear.in_features) * 0.1, torch.randn(linear.out_features, rank) * 0.1
+            key = f"base_model.model.language_model.model.layers.{i}.self_attn.{target}"
+            lora[f"{key}.lora_A.weight"], lora[f"{key}.lora_B.weight"] = a, b
+            with torch.no_grad():  # the reference computes with the adapter on: W + (alpha / r) B A
+                linear.weight += alpha / rank * b @ a
+    save_file(lora, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": str(folder), "task_type": None}))
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "GraniteSpeechFeatureExtractor", "sampling_rate": 16000,
+        "melspec_kwargs": GRANITE_MELS, "projector_window_size": 15, "projector_downsample_rate": 5}))
+    return folder, model, tokenizer

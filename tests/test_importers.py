@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 import slmzoo
 from slmzoo.cli.main import app
 from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
-from tests.releases import qwen2_audio_release, voxtral_release, weight_names
+from tests.releases import granite_speech_release, qwen2_audio_release, voxtral_release, weight_names
+from tests.test_granite_encoder import granite_feature_extractor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -40,9 +41,10 @@ def _expand(ids: torch.Tensor, tag: int, count: int) -> list[int]:
     return out
 
 
-def assert_matches_reference(model, reference, inputs_of, clips, instructions):
+def assert_matches_reference(model, reference, inputs_of, clips, instructions, logits_scale: float = 1.0):
     """Our batch of ``clips`` against the reference run on each alone: ``inputs_of(i) -> the reference
-    processor's inputs for clip i`` (``input_ids [1, L]`` with the audio tokens expanded, features)."""
+    processor's inputs for clip i`` (``input_ids [1, L]`` with the audio tokens expanded, features);
+    ``logits_scale`` divides the reference's logits."""
     batch = model.prepare_batch(clips, prompts=instructions)
     with torch.no_grad():
         embeds, _ = model.encode_audio(batch["audio"], batch["audio_lens"])
@@ -54,7 +56,7 @@ def assert_matches_reference(model, reference, inputs_of, clips, instructions):
         ids = batch["input_ids"][i][batch["attention_mask"][i].bool()]
         assert _expand(ids, model.audio_token_id, len(embeds[i])) == inputs["input_ids"][0].tolist()
         with torch.no_grad():
-            expected = reference(**inputs).logits[0]
+            expected = reference(**inputs).logits[0] / logits_scale
             theirs = reference.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
         torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-4, rtol=1e-4)
         theirs_new = theirs[inputs["input_ids"].shape[1]:].tolist()
@@ -137,6 +139,38 @@ def test_voxtral_release_imports_and_matches_transformers_and_mistral_common(tmp
     assert max(generated) == NEW_TOKENS
     transcription = model.prepare_batch(paths[:1], prompts=None)["input_ids"][0].tolist()
     assert model.tokenizer.decode(transcription[4:]) == "[/INST]lang:en[TRANSCRIBE]"
+
+
+# -- Granite Speech -----------------------------------------------------------------------------------------
+def test_granite_speech_release_with_its_lora_imports_and_matches_transformers(tmp_path, monkeypatch):
+    """The release's LoRA (peft's files) loads unmerged into the card's peft LoRA; the reference computes with it
+    merged (what transformers does with the adapter on). Features: GraniteSpeechFeatureExtractor's, torchaudio's
+    MelSpectrogram transcribed (tests/test_granite_encoder.py)."""
+    import transformers as tf
+
+    from tests.releases import GRANITE_MELS
+
+    folder, reference, tokenizer = granite_speech_release(tmp_path / "release")
+    model = import_checkpoint(folder)
+    assert model.card.data["llm"]["lora"]["r"] == 4
+    lora = [n for n in model.state_dict() if "lora_B" in n]
+    assert len(lora) == 4 and all(model.state_dict()[n].abs().sum() > 0 for n in lora)  # loaded, not peft's zeros
+    mels = {k: v for k, v in GRANITE_MELS.items() if k != "sample_rate"}
+    processor = tf.GraniteSpeechProcessor(audio_processor=granite_feature_extractor(monkeypatch, **mels),
+                                          tokenizer=tokenizer)
+    clips, instructions = _clips(), ["can you transcribe the speech into a written format?", "Describe it."]
+
+    def inputs_of(i):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "<|audio|>" + instructions[i]}],
+                                             add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=text, audio=[clips[i]], return_tensors="pt")
+        return {k: v for k, v in inputs.items() if k != "audio_embed_sizes"}
+
+    # transformers 5's forward leaves out GraniteForCausalLM's division by logits_scaling; the card keeps it.
+    counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions,
+                                                 logits_scale=reference.config.text_config.logits_scaling)
+    assert counts == [12, 9]  # 3 per window of 15 frames, the last zero-padded
+    assert max(generated) == NEW_TOKENS
 
 
 # -- errors name what did not match ----------------------------------------------------------------------

@@ -17,6 +17,18 @@ IMPORTERS = (
                     "tokenizer).",
         factory="slmzoo_plugins.importers.voxtral:VoxtralImporter",
         architectures=("VoxtralForConditionalGeneration",), model_types=("voxtral",)),
+    ImporterSpec(
+        name="granite-speech", card="granite-speech",
+        description="Granite Speech 3.3 2B and 8B (transformers' GraniteSpeechForConditionalGeneration; its LoRA "
+                    "from adapter_config.json / adapter_model.safetensors).",
+        factory="slmzoo_plugins.importers.granite_speech:GraniteSpeechImporter",
+        architectures=("GraniteSpeechForConditionalGeneration",), model_types=("granite_speech",)),
+    ImporterSpec(
+        name="audio-flamingo-3", card="audio-flamingo-3",
+        description="Audio Flamingo 3, the -hf release (transformers' AudioFlamingo3ForConditionalGeneration); "
+                    "clips up to 30 s.",
+        factory="slmzoo_plugins.importers.audio_flamingo_3:AudioFlamingo3Importer",
+        architectures=("AudioFlamingo3ForConditionalGeneration",), model_types=("audioflamingo3",)),
 )
 
 
