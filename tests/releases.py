@@ -200,3 +200,42 @@ def granite_speech_release(folder: Path, layout: str = "legacy", rank: int = 4, 
         "feature_extractor_type": "GraniteSpeechFeatureExtractor", "sampling_rate": 16000,
         "melspec_kwargs": GRANITE_MELS, "projector_window_size": 15, "projector_downsample_rate": 5}))
     return folder, model, tokenizer
+
+
+# -- Audio Flamingo 3 -------------------------------------------------------------------------------------------
+AF3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>"]
+#: A chatml template with the audio as <sound> before the text (a stand-in: the -hf release's own file was not read).
+AF3_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'audio' %}<sound>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def audio_flamingo_3_release(folder: Path, layout: str = "legacy"):
+    """A tiny Audio Flamingo 3 (-hf layout), its chat template in ``chat_template.jinja``:
+    ``(folder, reference, reference processor)``."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(AF3_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    config = tf.AudioFlamingo3Config(
+        audio_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                      "num_mel_bins": 128, "max_source_positions": 1500},
+        text_config={"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": len(tokenizer) + 8,
+                     "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                     "bos_token_id": stops[1], "eos_token_id": stops[0], "pad_token_id": stops[1]},
+        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"), projector_hidden_act="gelu")
+    model = tf.AudioFlamingo3ForConditionalGeneration(config).eval()
+    model.generation_config.update(eos_token_id=stops, pad_token_id=stops[1])
+    shard_and_save(model, folder, layout)
+    save_processor_files(folder, tf.WhisperFeatureExtractor(feature_size=128), tokenizer)
+    (folder / "chat_template.jinja").write_text(AF3_TEMPLATE)
+    processor = tf.AudioFlamingo3Processor(feature_extractor=tf.WhisperFeatureExtractor.from_pretrained(folder),
+                                           tokenizer=tokenizer, chat_template=AF3_TEMPLATE)
+    return folder, model, processor

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import slmzoo
 from slmzoo.cli.main import app
 from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
-from tests.releases import granite_speech_release, qwen2_audio_release, voxtral_release, weight_names
+from tests.releases import audio_flamingo_3_release, granite_speech_release, qwen2_audio_release, voxtral_release, weight_names
 from tests.test_granite_encoder import granite_feature_extractor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,6 +170,24 @@ def test_granite_speech_release_with_its_lora_imports_and_matches_transformers(t
     counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions,
                                                  logits_scale=reference.config.text_config.logits_scaling)
     assert counts == [12, 9]  # 3 per window of 15 frames, the last zero-padded
+    assert max(generated) == NEW_TOKENS
+
+
+# -- Audio Flamingo 3 -------------------------------------------------------------------------------------
+def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
+    folder, reference, processor = audio_flamingo_3_release(tmp_path / "release")
+    model = import_checkpoint(folder)
+    clips, instructions = _clips(), ["Transcribe the input speech.", "Describe it."]
+
+    def inputs_of(i):
+        chat = [{"role": "user", "content": [{"type": "audio", "path": "clip.wav"},
+                                             {"type": "text", "text": instructions[i]}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()])
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions)
+    assert counts == [25, 16]
     assert max(generated) == NEW_TOKENS
 
 
