@@ -105,6 +105,27 @@ def import_to(source: str | os.PathLike, out: str | os.PathLike, card: str | Non
     return save_pretrained(import_checkpoint(source, card), out)
 
 
+# -- exporting -------------------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("transformers",)
+
+
+def export_model(model, to: str, out: str | os.PathLike) -> Path:
+    """``slmzoo export``: ``model`` in the reference's own checkpoint layout (``to``: ``transformers``), written by
+    the importer of its card's family (the card's name is the importer's card)."""
+    if to not in EXPORT_FORMATS:
+        raise ReleaseError(f"--to {to}: unknown format; known: {', '.join(EXPORT_FORMATS)}")
+    specs = [spec for spec in importers() if spec.card == model.card.name]
+    family = specs[0].load_factory() if specs else None
+    if family is None or family.export is Importer.export:
+        exportable = sorted(spec.card for spec in importers() if spec.load_factory().export is not Importer.export)
+        raise ReleaseError(f"{model.card.name}: no importer exports this card to {to}; exportable cards: "
+                           f"{', '.join(exportable) or 'none'}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    family.export(model, out)
+    return out
+
+
 class Importer:
     """How one family's releases become models of its zoo card. A family sets ``rules`` (release tensor-name
     prefixes -> the model's) and ``card_blocks`` (the card keys the release decides: dimensions, tokenizer, prompt);
@@ -131,6 +152,12 @@ class Importer:
 
     def check(self, model) -> None:
         """Checks of the release against the built model beyond its weights (token ids, feature settings)."""
+
+    @classmethod
+    def export(cls, model, out: Path) -> None:
+        """Write ``model`` (a card of this family) in the release's own layout into ``out``; a family that can
+        overrides this (:func:`export_model` lists those)."""
+        raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------------------
     def fail(self, message: str) -> ReleaseError:

@@ -191,6 +191,41 @@ def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
     assert max(generated) == NEW_TOKENS
 
 
+# -- the way back out ---------------------------------------------------------------------------------------
+def test_export_to_transformers_loads_in_its_class_and_decodes_the_same(tmp_path):
+    """A Qwen2-Audio card trained with slmzoo (random here, the built-in byte tokenizer) exported: transformers'
+    class and processor load the folder unchanged and give our prompts, logits and greedy tokens."""
+    import transformers as tf
+
+    torch.manual_seed(3)
+    slmzoo.build(slmzoo.load_card("qwen2-audio", preset="tiny")).save_pretrained(tmp_path / "ours")
+    ours = slmzoo.from_pretrained(tmp_path / "ours")
+    result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "transformers", "--out",
+                                 str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert "language_model.model.norm.weight" in load_file(tmp_path / "hf" / "model.safetensors")  # the Hub's names
+    reference = tf.Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    processor = tf.Qwen2AudioProcessor.from_pretrained(tmp_path / "hf")
+    clips, instructions = _clips(), ["What does the speaker say?", "Describe it."]
+
+    def inputs_of(i):
+        chat = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                             {"type": "text", "text": instructions[i]}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()], sampling_rate=16000, return_tensors="pt")
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    assert_matches_reference(ours, reference, inputs_of, clips, instructions)
+    result = runner.invoke(app, ["export", "salm", "--preset", "tiny", "--to", "transformers", "--out",
+                                 str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no importer exports this card" in result.output
+    result = runner.invoke(app, ["export", "qwen2-audio", "--preset", "tiny", "--set", "encoder.pool=1", "--to",
+                                 "transformers", "--out", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "encoder.pool is 1 (the reference computes 2)" in result.output
+    result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "nemo", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "unknown format" in result.output
+
+
 # -- errors name what did not match ----------------------------------------------------------------------
 def test_an_unrecognised_release_is_an_error_naming_its_config(tmp_path):
     folder = tmp_path / "release"

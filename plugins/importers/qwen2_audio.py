@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from slmzoo_plugins.importers.transformers_audio import TransformersAudioImporter
+from slmzoo_plugins.importers.transformers_audio import TransformersAudioImporter, whisper_tower_fields
 
 
 class Qwen2AudioImporter(TransformersAudioImporter):
+    reference_class = "Qwen2AudioForConditionalGeneration"
+    export_requires = {"encoder": {"type": "whisper", "pad_to_window": True, "window_attention_mask": True,
+                                   "pool": 2, "long_clips": "cut", "window_output": "clip", "layer": "last"},
+                       "adapter": {"type": "linear", "bias": True}, "fusion": {"type": "concat"}}
     rules = (("model.audio_tower.", "encoder.encoder."), ("model.multi_modal_projector.linear.", "adapter.proj."),
              ("model.language_model.", "llm.model.model."), ("lm_head.", "llm.model.lm_head."))
 
@@ -34,3 +38,21 @@ class Qwen2AudioImporter(TransformersAudioImporter):
     def check(self, model) -> None:
         self.check_whisper_features(model.encoder.config.num_mel_bins)
         self.check_audio_token(model, self.config.get("audio_token_index", self.config.get("audio_token_id")))
+
+    # -- export -----------------------------------------------------------------------------------------------
+    @classmethod
+    def reference_config(cls, model):
+        from transformers import Qwen2AudioConfig
+
+        from slmzoo.components import config_fields
+
+        return Qwen2AudioConfig(audio_config=whisper_tower_fields(model.encoder.config),
+                                text_config=config_fields(model.llm.config), audio_token_index=model.audio_token_id)
+
+    @classmethod
+    def save_processor_files(cls, model, out) -> None:
+        """The feature extractor's settings; no chat template, as the Hub's release: Qwen2AudioProcessor's default
+        is the one the card renders."""
+        from transformers import WhisperFeatureExtractor
+
+        WhisperFeatureExtractor(feature_size=model.encoder.config.num_mel_bins).save_pretrained(out)

@@ -11,9 +11,10 @@ save. Both load here: legacy names are normalised to v5's, the importers' rules 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from slmzoo.importing import Importer
+from slmzoo.importing import Importer, ReleaseError
 
 #: transformers' ``qwen2_audio`` conversion (shared by Voxtral, Audio Flamingo 3, GLM-ASR): legacy -> v5 prefix.
 LEGACY_QWEN2_AUDIO = (("language_model.lm_head.", "lm_head."), ("language_model.model.", "model.language_model."),
@@ -25,10 +26,24 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class ExportError(ReleaseError):
+    """A model whose card is not the architecture the reference class computes."""
+
+
 class TransformersAudioImporter(Importer):
-    """An audio LLM transformers implements, saved by ``save_pretrained``."""
+    """An audio LLM transformers implements, saved by ``save_pretrained``; and the way back out (``export``)."""
 
     legacy: tuple[tuple[str, str], ...] = LEGACY_QWEN2_AUDIO
+    #: The transformers class of the release (``export`` writes its checkpoint).
+    reference_class: str = ""
+    #: ``{section: {option: value}}`` a model's card must have for the reference class to compute it.
+    export_requires: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def export(cls, model, out: Path) -> None:
+        if not cls.reference_class:
+            return super().export(model, out)
+        export(cls, model, out)
 
     def normalise(self, name: str) -> str:
         for old, new in self.legacy:
@@ -127,3 +142,57 @@ class TransformersAudioImporter(Importer):
         if audio_token_id is not None and ours != audio_token_id:
             raise self.fail(f"config.json audio_token_id {audio_token_id} but the release's tokenizer gives "
                             f"{tag} the id {ours}")
+
+
+def whisper_tower_fields(config) -> dict[str, Any]:
+    """The audio-tower config fields (Qwen2-Audio's names) of the whisper encoder's ``WhisperConfig``."""
+    from slmzoo_plugins.encoders.whisper import TOWER_FIELDS
+
+    return {field: getattr(config, field) for field in TOWER_FIELDS}
+
+
+# -- the way back out ---------------------------------------------------------------------------------------------
+def export(importer: type[TransformersAudioImporter], model, out) -> None:
+    """``model`` (a card of ``importer``'s architecture) as the reference's own checkpoint in ``out``: its config,
+    weights (``save_pretrained``: sharded, legacy names), generation config, tokenizer and processor files, so that
+    transformers' class loads it unchanged. A LoRA'd LLM is merged first."""
+    import transformers
+
+    _check_exportable(importer, model)
+    if hasattr(model.llm.model, "merge_and_unload"):  # peft: W + (alpha / r) B A, as the reference has no LoRA
+        model.llm.model = model.llm.model.merge_and_unload()
+    config = importer.reference_config(model)
+    reference = getattr(transformers, importer.reference_class)(config).eval()
+    ours = model.state_dict()
+    state = {importer.release_name(name): tensor for name, tensor in ours.items()}
+    unmapped = sorted(name for name, theirs in state.items() if theirs is None)
+    state.pop(None, None)
+    expected = reference.state_dict()
+    problems = [f"tensors no rule maps: {', '.join(unmapped[:8])}"] if unmapped else []
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        problems.append(f"the reference needs tensors the model lacks: {', '.join(missing[:8])}")
+    problems += [f"{name}: shape {tuple(t.shape)}, the reference expects {tuple(expected[name].shape)}"
+                 for name, t in sorted(state.items()) if name in expected and t.shape != expected[name].shape]
+    if problems:
+        raise ExportError(f"{model.card.name}: cannot export to {importer.reference_class}: " + "; ".join(problems))
+    reference.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
+    stops = model.processor.stop_token_ids
+    reference.generation_config.update(eos_token_id=stops if len(stops) > 1 else stops[0],
+                                       pad_token_id=model.pad_token_id, bos_token_id=config.text_config.bos_token_id)
+    reference.save_pretrained(out)
+    model.tokenizer.save_pretrained(out)
+    for name in CHAT_TEMPLATE_FILES:  # the tokenizer's template renders slmzoo's prompt text, not content lists
+        (Path(out) / name).unlink(missing_ok=True)
+    importer.save_processor_files(model, Path(out))
+
+
+def _check_exportable(importer, model) -> None:
+    wrong = []
+    for section, options in importer.export_requires.items():
+        block = model.card.data.get(section) or {}
+        wrong += [f"{section}.{key} is {block.get(key)!r} (the reference computes {value!r})"
+                  for key, value in options.items() if block.get(key) != value]
+    if wrong:
+        raise ExportError(f"{model.card.name}: {importer.reference_class} does not compute this card: "
+                          + "; ".join(wrong))

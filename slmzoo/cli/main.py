@@ -510,6 +510,23 @@ def import_(
     echo(f"imported {source} with the {spec.name} importer (card {spec.card}); saved to {saved}")
 
 
+# -- export ----------------------------------------------------------------------------------------
+@app.command("export")
+@handle_errors()
+def export_(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A saved model, a run folder, a release or a card.")],
+    to: Annotated[str, typer.Option("--to", help="The checkpoint layout to write: transformers.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The folder to write.")],
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """A model whose card is a released architecture, in the reference's own layout (config, weights, processor)."""
+    from slmzoo.importing import export_model
+
+    written = export_model(load_model(model, preset, set_), to, out_dir)
+    echo(f"exported to {written} ({to})")
+
+
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
 app.add_typer(plugins_app, name="plugins")
