@@ -19,7 +19,14 @@ from typer.testing import CliRunner
 import slmzoo
 from slmzoo.cli.main import app
 from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
-from tests.releases import audio_flamingo_3_release, granite_speech_release, qwen2_audio_release, voxtral_release, weight_names
+from tests.releases import (
+    GRANITE_MELS,
+    audio_flamingo_3_release,
+    granite_speech_release,
+    qwen2_audio_release,
+    voxtral_release,
+    weight_names,
+)
 from tests.test_granite_encoder import granite_feature_extractor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,8 +155,6 @@ def test_granite_speech_release_with_its_lora_imports_and_matches_transformers(t
     MelSpectrogram transcribed (tests/test_granite_encoder.py)."""
     import transformers as tf
 
-    from tests.releases import GRANITE_MELS
-
     folder, reference, tokenizer = granite_speech_release(tmp_path / "release")
     model = import_checkpoint(folder)
     assert model.card.data["llm"]["lora"]["r"] == 4
@@ -262,7 +267,8 @@ def test_weights_that_do_not_fit_are_named(tmp_path):
     def edit(tensors):
         tensors.pop("audio_tower.layer_norm.bias", None)
         if "multi_modal_projector.linear.weight" in tensors:
-            tensors["multi_modal_projector.linear.weight"] = tensors["multi_modal_projector.linear.weight"][:, :8].contiguous()
+            narrow = tensors["multi_modal_projector.linear.weight"][:, :8]
+            tensors["multi_modal_projector.linear.weight"] = narrow.contiguous()
             tensors["multi_modal_projector.extra.weight"] = torch.zeros(2)
         return tensors
 

@@ -18,7 +18,8 @@ from slmzoo.importing import Importer, ReleaseError
 
 #: transformers' ``qwen2_audio`` conversion (shared by Voxtral, Audio Flamingo 3, GLM-ASR): legacy -> v5 prefix.
 LEGACY_QWEN2_AUDIO = (("language_model.lm_head.", "lm_head."), ("language_model.model.", "model.language_model."),
-                      ("audio_tower.", "model.audio_tower."), ("multi_modal_projector.", "model.multi_modal_projector."))
+                      ("audio_tower.", "model.audio_tower."),
+                      ("multi_modal_projector.", "model.multi_modal_projector."))
 PREPROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"
 GENERATION_FILE = "generation_config.json"
