@@ -150,6 +150,14 @@ class Importer:
         """A release tensor name in the layout ``rules`` are written for (default: as it is)."""
         return name
 
+    def skips(self, release_name: str) -> bool:
+        """Release tensors the model recomputes and never loads (default: none)."""
+        return False
+
+    def convert(self, model_name: str, tensor: "torch.Tensor") -> "torch.Tensor":
+        """A release tensor in the model's shape (default: as it is)."""
+        return tensor
+
     def check(self, model) -> None:
         """Checks of the release against the built model beyond its weights (token ids, feature settings)."""
 
@@ -170,7 +178,10 @@ class Importer:
         data = json.loads(json.dumps(load_card(self.spec.card).data))
         data.pop("presets", None)  # the release decides the sizes: the card's presets no longer apply
         for section, block in self.card_blocks().items():
-            data.setdefault(section, {}).update(block)
+            if "type" in block and block["type"] != (data.get(section) or {}).get("type"):
+                data[section] = dict(block)  # another component: the old one's options do not apply
+            else:
+                data.setdefault(section, {}).update(block)
         return load_resolved(data, source=f"{self.spec.card} imported from {self.folder}")
 
     def build(self):
@@ -216,11 +227,13 @@ class Importer:
         tensors, problems = {}, []
         unmapped = []
         for name, tensor in self.release_tensors().items():
+            if self.skips(name):
+                continue
             ours = self.model_name(name)
             if ours is None:
                 unmapped.append(name)
             else:
-                tensors[ours] = (name, tensor)
+                tensors[ours] = (name, self.convert(ours, tensor))
         expected = model.state_dict()
         if unmapped:
             problems.append(f"tensors no rule of the importer maps: {_names(unmapped)}")

@@ -57,6 +57,14 @@ def weight_names(folder: Path) -> list[str]:
     return sorted(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
 
 
+def tiny_qwen2(vocab_size: int, stops: list[int], rms_norm_eps: float) -> dict:
+    """A 2-layer Qwen2 text config; ``stops``: end of turn, then end of text (also BOS and padding)."""
+    return {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": vocab_size,
+            "max_position_embeddings": 2048, "rms_norm_eps": rms_norm_eps, "tie_word_embeddings": False,
+            "bos_token_id": stops[1], "eos_token_id": stops[0], "pad_token_id": stops[1]}
+
+
 # -- Qwen2-Audio ------------------------------------------------------------------------------------------
 QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 
@@ -72,10 +80,7 @@ def qwen2_audio_release(folder: Path, layout: str = "legacy", chat_template: boo
     config = tf.Qwen2AudioConfig(
         audio_config={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
                       "num_mel_bins": 128, "max_source_positions": 1500},
-        text_config={"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": len(tokenizer) + 8,
-                     "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-                     "bos_token_id": stops[1], "eos_token_id": stops[0], "pad_token_id": stops[1]},
+        text_config=tiny_qwen2(len(tokenizer) + 8, stops, rms_norm_eps=1e-5),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     model = tf.Qwen2AudioForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = stops
@@ -226,10 +231,7 @@ def audio_flamingo_3_release(folder: Path, layout: str = "legacy"):
     config = tf.AudioFlamingo3Config(
         audio_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                       "num_mel_bins": 128, "max_source_positions": 1500},
-        text_config={"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": len(tokenizer) + 8,
-                     "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-                     "bos_token_id": stops[1], "eos_token_id": stops[0], "pad_token_id": stops[1]},
+        text_config=tiny_qwen2(len(tokenizer) + 8, stops, rms_norm_eps=1e-6),
         audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"), projector_hidden_act="gelu")
     model = tf.AudioFlamingo3ForConditionalGeneration(config).eval()
     model.generation_config.update(eos_token_id=stops, pad_token_id=stops[1])
@@ -239,3 +241,84 @@ def audio_flamingo_3_release(folder: Path, layout: str = "legacy"):
     processor = tf.AudioFlamingo3Processor(feature_extractor=tf.WhisperFeatureExtractor.from_pretrained(folder),
                                            tokenizer=tokenizer, chat_template=AF3_TEMPLATE)
     return folder, model, processor
+
+
+# -- canary-qwen (NeMo SALM) ------------------------------------------------------------------------------------
+#: ParakeetEncoder names -> NeMo ConformerEncoder names (the inverse of nemo_checkpoint's table; relative_k_proj first).
+PARAKEET_TO_NEMO = [(r"^subsampling\.layers\.", "pre_encode.conv."), (r"^subsampling\.linear\.", "pre_encode.out."),
+                    (r"^encode_positions\.", "pos_enc."), (r"\.conv\.norm\.", ".conv.batch_norm."),
+                    (r"relative_k_proj\b", "linear_pos"), (r"\b([kv])_proj\b", r"linear_\1"),
+                    (r"\bo_proj\b", "linear_out"), (r"\bq_proj\b", "linear_q"), (r"\bbias_([uv])\b", r"pos_bias_\1")]
+
+
+def canary_qwen_release(folder: Path, llm_folder: Path):
+    """A synthetic canary-qwen checkpoint with NeMo's names and config layout (as read from NeMo's code):
+    ``(folder, parts)`` with the parts it was made of (``encoder`` ParakeetEncoder, ``proj``, ``llm`` peft-wrapped
+    Qwen3 with unmerged LoRA, ``fb``/``window`` the stored bf16 filterbank, ``tokenizer``)."""
+    import re
+
+    import transformers as tf
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers.audio_utils import mel_filter_bank
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|im_end|>", pad="<|endoftext|>")
+    qwen3 = tf.Qwen3ForCausalLM(tf.Qwen3Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=128, vocab_size=len(tokenizer) + 8, max_position_embeddings=2048, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    qwen3.config.save_pretrained(llm_folder)  # what NeMo reads of pretrained_llm: its config and tokenizer
+    tokenizer.save_pretrained(llm_folder)
+    lora = {"task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    llm = get_peft_model(qwen3, LoraConfig(**lora, init_lora_weights=False)).eval()
+    encoder = tf.ParakeetEncoder(tf.ParakeetEncoderConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, conv_kernel_size=9,
+        subsampling_factor=8, subsampling_conv_channels=16, num_mel_bins=80, dropout=0.0, dropout_positions=0.0,
+        attention_dropout=0.0, layerdrop=0.0)).eval()
+    for name, buffer in encoder.named_buffers():
+        if "running" in name:
+            buffer.uniform_(0.5, 1.5)
+    proj = torch.nn.Linear(32, 64)
+    filters = torch.from_numpy(mel_filter_bank(num_frequency_bins=257, num_mel_filters=80, min_frequency=0.0,
+                                               max_frequency=8000.0, sampling_rate=16000, norm="slaney",
+                                               mel_scale="slaney")).float().T
+    fb = (filters * (1 + 0.05 * torch.randn(filters.shape))).bfloat16()[None]  # [1, n_mels, n_freq], not recomputable
+    window = torch.hann_window(400, periodic=False).bfloat16()
+    state = {"perception.preprocessor.featurizer.fb": fb, "perception.preprocessor.featurizer.window": window}
+    for name, tensor in encoder.state_dict().items():
+        for pattern, replacement in PARAKEET_TO_NEMO:
+            name = re.sub(pattern, replacement, name)
+        state[f"perception.encoder.{name}"] = tensor
+    state["perception.encoder.pos_enc.pe"] = torch.zeros(1, 9, 32)  # NeMo's positional table (a buffer)
+    state.update({f"perception.proj.{k}": v for k, v in proj.state_dict().items()})
+    for name, tensor in llm.state_dict().items():
+        if name.endswith("lm_head.weight"):
+            continue  # tied to embed_tokens
+        if name.endswith("model.embed_tokens.weight"):
+            state["embed_tokens.weight"] = tensor  # SALM moves the embeddings out of the LLM
+        else:
+            state[f"llm.{name}"] = tensor
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    config = {
+        "pretrained_llm": str(llm_folder), "pretrained_asr": "nvidia/canary-1b-flash", "pretrained_weights": False,
+        "audio_locator_tag": "<|audioplaceholder|>", "prompt_format": "qwen", "lora": lora,
+        "freeze_params": [r"^llm\..+$", r"^embed_tokens\..+$"],
+        "perception": {
+            "target": "nemo.collections.speechlm2.modules.perception.AudioPerceptionModule", "output_dim": 64,
+            "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+                             "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025,
+                             "window_stride": 0.01, "window": "hann", "features": 80, "n_fft": 512, "log": True,
+                             "frame_splicing": 1, "dither": 1e-5, "pad_to": 0, "pad_value": 0.0},
+            "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": 80, "n_layers": 2,
+                        "d_model": 32, "n_heads": 2, "ff_expansion_factor": 4, "subsampling": "dw_striding",
+                        "subsampling_factor": 8, "subsampling_conv_channels": 16, "self_attention_model": "rel_pos",
+                        "conv_kernel_size": 9, "xscaling": True, "use_bias": True, "dropout": 0.0,
+                        "dropout_emb": 0.0, "dropout_att": 0.0},
+            "modality_adapter": {"_target_": "nemo.collections.speechlm2.modules.perception.IdentityConnector",
+                                 "d_model": 32},
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, {"encoder": encoder, "proj": proj, "llm": llm, "fb": fb, "window": window, "tokenizer": tokenizer}

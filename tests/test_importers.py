@@ -22,6 +22,7 @@ from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
 from tests.releases import (
     GRANITE_MELS,
     audio_flamingo_3_release,
+    canary_qwen_release,
     granite_speech_release,
     qwen2_audio_release,
     voxtral_release,
@@ -74,6 +75,18 @@ def assert_matches_reference(model, reference, inputs_of, clips, instructions, l
     return [len(e) for e in embeds], lengths
 
 
+def qwen2_audio_inputs(processor, clips, instructions):
+    """``i -> Qwen2AudioProcessor's inputs`` for clip ``i`` and its instruction, through its chat template."""
+    def inputs_of(i):
+        chat = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                             {"type": "text", "text": instructions[i]}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()], sampling_rate=16000, return_tensors="pt")
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    return inputs_of
+
+
 # -- Qwen2-Audio ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout,chat_template", [("legacy", False), ("v5", True)])
 def test_qwen2_audio_release_imports_and_matches_transformers(tmp_path, layout, chat_template):
@@ -85,13 +98,7 @@ def test_qwen2_audio_release_imports_and_matches_transformers(tmp_path, layout, 
     assert model.card.name == "qwen2-audio" and model.encoder.config.d_model == 32
 
     clips, instructions = _clips(), ["What does the speaker say?", "Describe it."]
-
-    def inputs_of(i):
-        chat = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
-                                             {"type": "text", "text": instructions[i]}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], audio=[clips[i].numpy()], sampling_rate=16000, return_tensors="pt")
-        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+    inputs_of = qwen2_audio_inputs(processor, clips, instructions)
 
     counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions)
     assert counts == [25, 16]  # 25 embeddings per second
@@ -196,6 +203,47 @@ def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
     assert max(generated) == NEW_TOKENS
 
 
+# -- canary-qwen (NeMo SALM): a synthetic checkpoint, no runnable reference offline ------------------------------
+def test_canary_qwen_synthetic_checkpoint_imports_as_nemo_salm_computes_it(tmp_path):
+    """NeMo's names and config layout (read from NeMo's code) load strictly into the salm card; the logits and greedy
+    tokens equal SALM's computation rebuilt from the parts the checkpoint was made of: the stored filterbank's
+    log-mel, ParakeetEncoder, perception.proj, the single audio locator tag replaced by the clip's embeddings, and
+    the peft-wrapped Qwen3 with its LoRA unmerged. What NeMo itself computes is not checked here."""
+    folder, parts = canary_qwen_release(tmp_path / "release", tmp_path / "qwen3")
+    model = import_checkpoint(folder)
+    assert model.card.name == "salm" and model.card.data["adapter"]["type"] == "linear"
+    assert torch.equal(model.encoder.features.mel_filters, parts["fb"][0].float())  # bf16 as stored, not recomputed
+    assert torch.equal(model.encoder.features.window, parts["window"].float())
+    tokenizer = model.tokenizer
+    assert model.audio_token_id == len(parts["tokenizer"])  # the locator tag, added after the LLM's vocabulary
+    clips, instructions = _clips(), [None, "Describe it."]  # None: the card's "Transcribe the following:"
+    batch = model.prepare_batch(clips, prompts=instructions)
+    first = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    assert tokenizer.decode(first) == ("<|im_start|>user\nTranscribe the following: <|audioplaceholder|><|im_end|>\n"
+                                       "<|im_start|>assistant\n")  # NeMo's qwen prompt format
+    with torch.no_grad():
+        logits = model(batch).logits
+        ours_new = model.generate_ids(clips, prompts=instructions, max_new_tokens=NEW_TOKENS)
+        features, feature_lengths = model.encoder.features(batch["audio"], batch["audio_lens"])
+        for i in range(len(clips)):  # SALM on each clip alone
+            n = int(feature_lengths[i])
+            mask = torch.ones(1, n, dtype=torch.long)
+            hidden = parts["encoder"](features[i : i + 1, :n], attention_mask=mask).last_hidden_state[0]
+            frames = int(parts["encoder"]._get_subsampling_output_length(feature_lengths[i : i + 1]))
+            audio = parts["proj"](hidden[:frames])
+            ids = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+            tag = int((ids == model.audio_token_id).nonzero())
+            text = parts["llm"].get_input_embeddings()(ids)
+            embeds = torch.cat([text[:tag], audio, text[tag + 1:]])[None]
+            expected = parts["llm"](inputs_embeds=embeds).logits[0]
+            torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-4, rtol=1e-4)
+            theirs = parts["llm"].generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2]),
+                                           max_new_tokens=NEW_TOKENS, do_sample=False,
+                                           eos_token_id=model.processor.stop_token_ids,
+                                           pad_token_id=model.pad_token_id)[0].tolist()
+            assert ours_new[i].tolist()[: len(theirs)] == theirs
+
+
 # -- the way back out ---------------------------------------------------------------------------------------
 def test_export_to_transformers_loads_in_its_class_and_decodes_the_same(tmp_path):
     """A Qwen2-Audio card trained with slmzoo (random here, the built-in byte tokenizer) exported: transformers'
@@ -212,13 +260,7 @@ def test_export_to_transformers_loads_in_its_class_and_decodes_the_same(tmp_path
     reference = tf.Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     processor = tf.Qwen2AudioProcessor.from_pretrained(tmp_path / "hf")
     clips, instructions = _clips(), ["What does the speaker say?", "Describe it."]
-
-    def inputs_of(i):
-        chat = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
-                                             {"type": "text", "text": instructions[i]}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], audio=[clips[i].numpy()], sampling_rate=16000, return_tensors="pt")
-        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+    inputs_of = qwen2_audio_inputs(processor, clips, instructions)
 
     assert_matches_reference(ours, reference, inputs_of, clips, instructions)
     result = runner.invoke(app, ["export", "salm", "--preset", "tiny", "--to", "transformers", "--out",

@@ -98,7 +98,8 @@ class ConformerOptions(SSLOptions):
     )
     feature_extractor: dict[str, Any] | None = Field(
         None, description="fastconformer: ParakeetFeatureExtractor settings (feature_size, hop_length, n_fft, "
-        "win_length, preemphasis, sampling_rate); default: the checkpoint's preprocessor_config.json or the .nemo "
+        "win_length, preemphasis, sampling_rate, normalize; filterbank: stored keeps the mel filters and window as "
+        "weights of the checkpoint, as NeMo's); default: the checkpoint's preprocessor_config.json or the .nemo "
         "preprocessor section.",
     )
 

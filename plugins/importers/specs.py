@@ -29,6 +29,12 @@ IMPORTERS = (
                     "clips up to 30 s.",
         factory="slmzoo_plugins.importers.audio_flamingo_3:AudioFlamingo3Importer",
         architectures=("AudioFlamingo3ForConditionalGeneration",), model_types=("audioflamingo3",)),
+    ImporterSpec(
+        name="canary-qwen", card="salm",
+        description="NVIDIA canary-qwen-2.5b, NeMo speechlm2's SALM (config.json + model.safetensors; the LLM's "
+                    "config and tokenizer from pretrained_llm).",
+        factory="slmzoo_plugins.importers.canary_qwen:CanaryQwenImporter",
+        config_keys=("perception", "pretrained_llm", "audio_locator_tag")),
 )
 
 
