@@ -114,10 +114,10 @@ def export_model(model, to: str, out: str | os.PathLike) -> Path:
     the importer of its card's family (the card's name is the importer's card)."""
     if to not in EXPORT_FORMATS:
         raise ReleaseError(f"--to {to}: unknown format; known: {', '.join(EXPORT_FORMATS)}")
-    specs = [spec for spec in importers() if spec.card == model.card.name]
-    family = specs[0].load_factory() if specs else None
-    if family is None or family.export is Importer.export:
-        exportable = sorted(spec.card for spec in importers() if spec.load_factory().export is not Importer.export)
+    families = [spec.load_factory() for spec in importers() if spec.card == model.card.name]
+    family = next((f for f in families if _exports(f)), None)
+    if family is None:
+        exportable = sorted(spec.card for spec in importers() if _exports(spec.load_factory()))
         raise ReleaseError(f"{model.card.name}: no importer exports this card to {to}; exportable cards: "
                            f"{', '.join(exportable) or 'none'}")
     out = Path(out)
@@ -201,9 +201,10 @@ class Importer:
         return self.folder
 
     def release_tensors(self) -> dict[str, "torch.Tensor"]:
-        from slmzoo_plugins.encoders.hf_loading import checkpoint_tensors
+        """Every tensor of the release's safetensors (one file, or the shards its index names)."""
+        from slmzoo.saving import read_weights
 
-        return checkpoint_tensors(str(self.folder))
+        return read_weights(self.folder)
 
     def model_name(self, release_name: str) -> str | None:
         """The model's name of a release tensor (``None``: no rule maps it)."""
@@ -250,6 +251,11 @@ class Importer:
         if problems:
             raise self.fail("the weights do not fit: " + "; ".join(problems))
         model.load_state_dict({ours: t for ours, (_, t) in tensors.items()}, strict=False)
+
+
+def _exports(family: type) -> bool:
+    """Whether an importer class writes its family's layout (overrides :meth:`Importer.export`)."""
+    return family.export.__func__ is not Importer.export.__func__
 
 
 def _recognised(spec: ImporterSpec) -> str:

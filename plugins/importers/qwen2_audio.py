@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from slmzoo_plugins.importers.transformers_audio import TransformersAudioImporter, whisper_tower_fields
+from slmzoo_plugins.importers.transformers_audio import (
+    ExportsToTransformers,
+    TransformersAudioImporter,
+    whisper_tower_fields,
+)
 
 
-class Qwen2AudioImporter(TransformersAudioImporter):
+class Qwen2AudioImporter(ExportsToTransformers, TransformersAudioImporter):
     reference_class = "Qwen2AudioForConditionalGeneration"
     export_requires = {"encoder": {"type": "whisper", "pad_to_window": True, "window_attention_mask": True,
                                    "pool": 2, "long_clips": "cut", "window_output": "clip", "layer": "last"},

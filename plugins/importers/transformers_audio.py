@@ -35,16 +35,6 @@ class TransformersAudioImporter(Importer):
     """An audio LLM transformers implements, saved by ``save_pretrained``; and the way back out (``export``)."""
 
     legacy: tuple[tuple[str, str], ...] = LEGACY_QWEN2_AUDIO
-    #: The transformers class of the release (``export`` writes its checkpoint).
-    reference_class: str = ""
-    #: ``{section: {option: value}}`` a model's card must have for the reference class to compute it.
-    export_requires: dict[str, dict[str, Any]] = {}
-
-    @classmethod
-    def export(cls, model, out: Path) -> None:
-        if not cls.reference_class:
-            return super().export(model, out)
-        export(cls, model, out)
 
     def normalise(self, name: str) -> str:
         for old, new in self.legacy:
@@ -153,6 +143,28 @@ def whisper_tower_fields(config) -> dict[str, Any]:
 
 
 # -- the way back out ---------------------------------------------------------------------------------------------
+class ExportsToTransformers:
+    """An importer family that also writes its release's layout (``slmzoo export --to transformers``): it names the
+    class, the card options that class computes, and builds the class's config and processor files from a model."""
+
+    #: The transformers class of the release (``export`` writes its checkpoint).
+    reference_class: str = ""
+    #: ``{section: {option: value}}`` a model's card must have for the reference class to compute it.
+    export_requires: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def export(cls, model, out: Path) -> None:
+        export(cls, model, out)
+
+    @classmethod
+    def reference_config(cls, model):  # pragma: no cover - each family writes its own
+        raise NotImplementedError
+
+    @classmethod
+    def save_processor_files(cls, model, out: Path) -> None:  # pragma: no cover - each family writes its own
+        raise NotImplementedError
+
+
 def export(importer: type[TransformersAudioImporter], model, out) -> None:
     """``model`` (a card of ``importer``'s architecture) as the reference's own checkpoint in ``out``: its config,
     weights (``save_pretrained``: sharded, legacy names), generation config, tokenizer and processor files, so that
