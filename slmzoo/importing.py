@@ -135,6 +135,9 @@ class Importer:
 
     #: ``(release prefix, model prefix)``, the first match wins.
     rules: tuple[tuple[str, str], ...] = ()
+    #: Sections whose weights come from their card block's own ``pretrained`` source, not from the release
+    #: (Ultravox's LLM, named by ``text_model_id``).
+    from_sources: tuple[str, ...] = ()
 
     def __init__(self, spec: ImporterSpec, folder: Path):
         self.spec, self.folder = spec, Path(folder)
@@ -191,10 +194,14 @@ class Importer:
 
         card = self.card()
         processor = Processor.from_card(card, tokenizer_dir=self.tokenizer_dir())
-        model = build(card, load_weights=False, processor=processor)
+        model = build(card, load_weights=bool(self.sources()), processor=processor)
         self.check(model)
         self.load_weights(model)
         return model
+
+    def sources(self) -> tuple[str, ...]:
+        """The sections :attr:`from_sources` names (a family may decide per release)."""
+        return self.from_sources
 
     def tokenizer_dir(self) -> Path:
         """Where the release keeps its tokenizer files (default: beside config.json)."""
@@ -241,7 +248,9 @@ class Importer:
         unexpected = sorted(theirs for ours, (theirs, _) in tensors.items() if ours not in expected)
         if unexpected:
             problems.append(f"tensors the card's model does not have: {_names(unexpected)}")
-        missing = [n for n in sorted(set(expected) - set(tensors)) if not _tied_to_given(n, expected, tensors)]
+        sourced = tuple(section + "." for section in self.sources())
+        missing = [n for n in sorted(set(expected) - set(tensors))
+                   if not n.startswith(sourced) and not _tied_to_given(n, expected, tensors)]
         if missing:
             problems.append("tensors the model needs that the release lacks: "
                             + _names([f"{self.release_name(n) or '?'} (for {n})" for n in missing]))

@@ -263,7 +263,8 @@ def canary_qwen_release(folder: Path, llm_folder: Path):
     from transformers.audio_utils import mel_filter_bank
 
     torch.manual_seed(0)
-    tokenizer = train_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|im_end|>", pad="<|endoftext|>")
+    tokenizer = train_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|im_end|>",
+                                pad="<|endoftext|>")
     qwen3 = tf.Qwen3ForCausalLM(tf.Qwen3Config(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         intermediate_size=128, vocab_size=len(tokenizer) + 8, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -322,3 +323,48 @@ def canary_qwen_release(folder: Path, llm_folder: Path):
     }
     (folder / "config.json").write_text(json.dumps(config))
     return folder, {"encoder": encoder, "proj": proj, "llm": llm, "fb": fb, "window": window, "tokenizer": tokenizer}
+
+
+# -- Ultravox -----------------------------------------------------------------------------------------------------
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"]
+LLAMA3_TEMPLATE = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def ultravox_release(folder: Path, llm_folder: Path):
+    """A synthetic Ultravox v0.5 release (config keys and tensor names as fixie-ai/ultravox's code writes them) and
+    its ``text_model_id``, a tiny Llama in ``llm_folder``: ``(folder, parts)``."""
+    import transformers as tf
+    from safetensors.torch import save_file
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(LLAMA3_SPECIALS, eos="<|eot_id|>", pad="<|end_of_text|>")
+    tokenizer.chat_template = LLAMA3_TEMPLATE
+    llm = tf.LlamaForCausalLM(tf.LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        vocab_size=len(tokenizer) + 8, max_position_embeddings=2048, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    llm.save_pretrained(llm_folder)
+    tokenizer.save_pretrained(llm_folder)
+    audio = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+             "num_mel_bins": 128, "max_source_positions": 1500, "decoder_layers": 1, "decoder_attention_heads": 2,
+             "decoder_ffn_dim": 64}
+    tower = WhisperEncoder(tf.WhisperConfig(**audio)).eval()
+    stack, hidden = 8, 64
+    projector = {"ln_pre.weight": 1 + 0.1 * torch.randn(stack * 32),
+                 "linear_1.weight": torch.randn(hidden, stack * 32) * 0.05,
+                 "ln_mid.weight": 1 + 0.1 * torch.randn(hidden // 2),
+                 "linear_2.weight": torch.randn(64, hidden // 2) * 0.1}
+    state = {f"audio_tower.{k}": v for k, v in tower.state_dict().items()}
+    state.update({f"multi_modal_projector.{k}": v for k, v in projector.items()})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["UltravoxModel"], "model_type": "ultravox", "audio_model_id": "openai/whisper-large-v3-turbo",
+        "text_model_id": str(llm_folder), "stack_factor": stack, "projector_act": "swiglu", "projector_ln_mid": True,
+        "hidden_size": hidden, "audio_config": {"model_type": "whisper", **audio},
+        "text_config": {"model_type": "llama", "dtype": "float32"}}))
+    return folder, {"tower": tower, "projector": projector, "llm": llm, "tokenizer": tokenizer}

@@ -25,6 +25,7 @@ from tests.releases import (
     canary_qwen_release,
     granite_speech_release,
     qwen2_audio_release,
+    ultravox_release,
     voxtral_release,
     weight_names,
 )
@@ -242,6 +243,42 @@ def test_canary_qwen_synthetic_checkpoint_imports_as_nemo_salm_computes_it(tmp_p
                                            eos_token_id=model.processor.stop_token_ids,
                                            pad_token_id=model.pad_token_id)[0].tolist()
             assert ours_new[i].tolist()[: len(theirs)] == theirs
+
+
+# -- Ultravox: a synthetic release, no runnable reference offline (remote code) ----------------------------------
+def test_ultravox_synthetic_release_takes_the_llm_from_its_text_model_id(tmp_path):
+    """The release's tower and projector load strictly, the LLM comes from ``text_model_id``; the audio embeddings
+    are Ultravox's projector formula (stack 8, RMSNorm, Linear, SwiGLU with the second half the gate, RMSNorm,
+    Linear) over the tower's frames, ``ceil(mel frames / 16)`` of them, and they sit where the audio tag was."""
+    folder, parts = ultravox_release(tmp_path / "release", tmp_path / "llama")
+    model = import_checkpoint(folder)
+    llm = parts["llm"]
+    assert all(torch.equal(model.llm.base.state_dict()[k], v) for k, v in llm.state_dict().items()
+               if k != "model.embed_tokens.weight" and k != "lm_head.weight")
+    clips = _clips()
+    batch = model.prepare_batch(clips, prompts=["Transcribe the audio.", "Describe it."])
+    text = model.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTranscribe the audio.\n\n<|audio|>"
+                    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")  # the LLM's own template
+    with torch.no_grad():
+        embeds, _ = model.encode_audio(batch["audio"], batch["audio_lens"])
+        logits = model(batch).logits
+        hidden = model.encoder(batch["audio"], batch["audio_lens"])
+        p = parts["projector"]
+        for i, clip in enumerate(clips):
+            assert len(embeds[i]) == -(-(len(clip) // 160) // 16)  # Ultravox's ceil(mel frames / (2 * 8))
+            frames = hidden.hidden[i, : int(hidden.lengths[i])]
+            frames = torch.nn.functional.pad(frames, (0, 0, 0, -len(frames) % 8)).reshape(-1, 8 * 32)
+            x = torch.nn.functional.rms_norm(frames, (256,), p["ln_pre.weight"], eps=1e-6) @ p["linear_1.weight"].T
+            x, gate = x.chunk(2, dim=-1)
+            x = torch.nn.functional.rms_norm(x * torch.nn.functional.silu(gate), (32,), p["ln_mid.weight"], eps=1e-6)
+            torch.testing.assert_close(embeds[i], x @ p["linear_2.weight"].T, atol=1e-5, rtol=1e-5)
+            ids = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+            tag = int((ids == model.audio_token_id).nonzero())
+            rows = llm.get_input_embeddings()(ids.clamp(max=llm.config.vocab_size - 1))
+            fused = torch.cat([rows[:tag], embeds[i], rows[tag + 1:]])[None]
+            expected = llm(inputs_embeds=fused).logits[0]
+            torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-4, rtol=1e-4)
 
 
 # -- the way back out ---------------------------------------------------------------------------------------

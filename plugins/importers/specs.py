@@ -35,6 +35,12 @@ IMPORTERS = (
                     "config and tokenizer from pretrained_llm).",
         factory="slmzoo_plugins.importers.canary_qwen:CanaryQwenImporter",
         config_keys=("perception", "pretrained_llm", "audio_locator_tag")),
+    ImporterSpec(
+        name="ultravox", card="ultravox",
+        description="Ultravox v0.5 / v0.6 (fixie-ai's UltravoxModel): audio tower and projector from the release, "
+                    "the LLM from its text_model_id.",
+        factory="slmzoo_plugins.importers.ultravox:UltravoxImporter",
+        architectures=("UltravoxModel",), model_types=("ultravox",)),
 )
 
 
