@@ -271,7 +271,8 @@ def canary_qwen_release(folder: Path, llm_folder: Path):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
     qwen3.config.save_pretrained(llm_folder)  # what NeMo reads of pretrained_llm: its config and tokenizer
     tokenizer.save_pretrained(llm_folder)
-    lora = {"task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    lora = {"task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "v_proj"]}
     llm = get_peft_model(qwen3, LoraConfig(**lora, init_lora_weights=False)).eval()
     encoder = tf.ParakeetEncoder(tf.ParakeetEncoderConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, conv_kernel_size=9,
