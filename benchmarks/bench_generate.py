@@ -5,9 +5,9 @@ default) built with transformers' own class and saved as the Hub holds it, then 
     python benchmarks/bench_generate.py [--size mid|small] [--batch B] [--seconds S] [--new-tokens N]
                                         [--repeats R] [--device cpu|cuda] [--dtype float32|bfloat16]
 
-Prints tokens per second of each side (median of R runs after a warm-up; every row decodes exactly N tokens:
-``min_new_tokens`` keeps both sides from stopping early), the ratio, RTFx (audio seconds per second of
-generation), and the share of greedy tokens both sides agree on.
+Prints tokens per second of each side (median of R runs after a warm-up, the sides taking turns; every row decodes
+exactly N tokens: ``min_new_tokens`` keeps both sides from stopping early), the ratio, RTFx (audio seconds per
+second of generation), and the share of greedy tokens both sides agree on.
 """
 
 from __future__ import annotations
@@ -56,19 +56,21 @@ def make_release(folder: Path, size: str, dtype: torch.dtype):
     return model, tf.Qwen2AudioProcessor.from_pretrained(folder)
 
 
-def timed(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up, and its last result."""
-    times, result = [], None
+def timed(fns: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, torch.Tensor]]:
+    """Median seconds of each ``fns[name]()`` over ``repeats`` runs after one warm-up, and its last result. The
+    sides take turns, so a machine shared with other jobs slows both alike."""
+    times, results = {name: [] for name in fns}, {}
     for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            results[name] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), results[name]) for name in fns}
 
 
 def main() -> None:
@@ -102,9 +104,10 @@ def main() -> None:
     greedy = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
     with torch.inference_mode():
-        theirs_s, theirs = timed(lambda: reference.generate(**inputs, **greedy), args.repeats, device)
-        ours_s, mine = timed(lambda: ours.generate_ids(clips, prompts=[PROMPT] * args.batch, **greedy),
-                             args.repeats, device)
+        runs = timed({"transformers": lambda: reference.generate(**inputs, **greedy),
+                      "slmzoo": lambda: ours.generate_ids(clips, prompts=[PROMPT] * args.batch, **greedy)},
+                     args.repeats, device)
+    (theirs_s, theirs), (ours_s, mine) = runs["transformers"], runs["slmzoo"]
     theirs = theirs[:, inputs["input_ids"].shape[1]:].cpu()
     agree = (theirs == mine.cpu()).float().mean().item()
     params = sum(p.numel() for p in ours.parameters())
