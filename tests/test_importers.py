@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import slmzoo
 from slmzoo.cli.main import app
 from slmzoo.importing import ReleaseError, find_importer, import_checkpoint
+from slmzoo.registry import ImporterSpec
 from tests.releases import (
     GRANITE_MELS,
     audio_flamingo_3_release,
@@ -308,6 +309,36 @@ def test_export_to_transformers_loads_in_its_class_and_decodes_the_same(tmp_path
     assert result.exit_code == 2 and "encoder.pool is 1 (the reference computes 2)" in result.output
     result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "nemo", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown format" in result.output
+
+
+# -- a third party's importer ---------------------------------------------------------------------------------
+class ThirdPartyImporter:
+    """A plugin's importer of the Qwen2-Audio layout under another architecture name (a fine-tune's own class)."""
+
+    @staticmethod
+    @slmzoo.hookimpl
+    def slmzoo_register_importers(register):
+        register(ImporterSpec(name="my-audio-llm", card="qwen2-audio", description="a test importer",
+                              factory="slmzoo_plugins.importers.qwen2_audio:Qwen2AudioImporter",
+                              architectures=("MyAudioLLMForConditionalGeneration",)))
+
+
+def test_a_plugin_registers_an_importer_through_the_hook(tmp_path):
+    import slmzoo.plugins
+
+    folder, _, _ = qwen2_audio_release(tmp_path / "release")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["MyAudioLLMForConditionalGeneration"],
+                                                    "model_type": "my_audio_llm"}))
+    with pytest.raises(ReleaseError, match="MyAudioLLMForConditionalGeneration"):
+        find_importer(folder)
+    info = slmzoo.plugins.register_plugin(ThirdPartyImporter, "third_party_importer")
+    try:
+        assert info.status == "ok" and info.components == ["importer:my-audio-llm"]
+        assert find_importer(folder).provider == "third_party_importer"
+    finally:
+        slmzoo.plugins.host().unregister("third_party_importer")
+    assert "my-audio-llm" not in slmzoo.plugins.registry().importers
 
 
 # -- errors name what did not match ----------------------------------------------------------------------
