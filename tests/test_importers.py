@@ -189,9 +189,12 @@ def test_granite_speech_release_with_its_lora_imports_and_matches_transformers(t
 
 # -- Audio Flamingo 3 -------------------------------------------------------------------------------------
 def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
+    """A 45 s clip: two 30 s windows, each with its own features, as AudioFlamingo3Processor cuts it."""
     folder, reference, processor = audio_flamingo_3_release(tmp_path / "release")
     model = import_checkpoint(folder)
-    clips, instructions = _clips(), ["Transcribe the input speech.", "Describe it."]
+    long_clip = torch.randn(45 * 16000, generator=torch.Generator().manual_seed(2)) * 0.1
+    long_clip[35 * 16000 : 36 * 16000] *= 4  # the loudest second in the second window: per-window clamps matter
+    clips, instructions = [*_clips(), long_clip], ["Transcribe the input speech.", "Describe it.", "Describe it."]
 
     def inputs_of(i):
         chat = [{"role": "user", "content": [{"type": "audio", "path": "clip.wav"},
@@ -201,7 +204,7 @@ def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
         return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
 
     counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions)
-    assert counts == [25, 16]
+    assert counts == [25, 16, 1125]  # 25 per second, the windows' frames concatenated
     assert max(generated) == NEW_TOKENS
 
 

@@ -3,8 +3,8 @@
 The audio tower is the whisper encoder (AF-Whisper: 30 s windows, padding masked, AvgPool(2) before the final
 LayerNorm), the projector the ``mlp`` adapter (Linear, GELU, Linear, with biases), the LLM ``hf_causal``
 (Qwen2.5). The prompt is the release's chat template (``chat_template.jinja`` / ``.json``, else the tokenizer's),
-the audio tag ``<sound>``. Clips up to 30 s only: AF3's processor cuts longer audio into 30 s windows encoded one by
-one, which the card's whisper encoder does not do yet (it keeps the first 30 s).
+the audio tag ``<sound>``. Longer clips are cut into 30 s windows, each with its own log-mel, encoded one by one
+(``long_clips: windows``), as AF3's processor does; its 10 minute cap (``max_audio_len``) is not applied.
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ IMPORTERS = (
         architectures=("GraniteSpeechForConditionalGeneration",), model_types=("granite_speech",)),
     ImporterSpec(
         name="audio-flamingo-3", card="audio-flamingo-3",
-        description="Audio Flamingo 3, the -hf release (transformers' AudioFlamingo3ForConditionalGeneration); "
-                    "clips up to 30 s.",
+        description="Audio Flamingo 3, the -hf release (transformers' AudioFlamingo3ForConditionalGeneration).",
         factory="slmzoo_plugins.importers.audio_flamingo_3:AudioFlamingo3Importer",
         architectures=("AudioFlamingo3ForConditionalGeneration",), model_types=("audioflamingo3",)),
     ImporterSpec(
