@@ -146,7 +146,7 @@ class Importer:
     # -- what a family writes ----------------------------------------------------------------------------
     def card_blocks(self) -> dict[str, dict[str, Any]]:
         """Card keys the release decides, per section (``{"encoder": {"config": {...}}, "prompt": {...}}``): each
-        block's keys replace the zoo card's."""
+        block's keys replace the zoo card's; a block naming another ``type`` replaces the whole block."""
         return {}
 
     def normalise(self, name: str) -> str:
