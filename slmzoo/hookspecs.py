@@ -30,6 +30,13 @@ def slmzoo_register_cards(register) -> None:
 
 
 @hookspec
+def slmzoo_register_importers(register) -> None:
+    """Register importers of released checkpoints: call ``register(ImporterSpec(...))`` (:mod:`slmzoo.registry`)
+    once per family of releases (Qwen2-Audio, Voxtral, ...), naming the zoo card it maps them onto and its
+    implementation, a :class:`slmzoo.importing.Importer`, as a ``"module:Class"`` string."""
+
+
+@hookspec
 def slmzoo_register_commands(register) -> None:
     """Add CLI commands: call ``register(name, command, help=None)`` where ``command`` is a ``typer.Typer`` (a
     group of subcommands, ``slmzoo NAME SUB ...``) or a function (one command, ``slmzoo NAME ...``).

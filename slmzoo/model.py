@@ -100,6 +100,12 @@ class SpeechLM(Architecture):
     def generate(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
                  max_new_tokens: int = 128, **generation_kwargs) -> list[str]:
         """Decode text for each audio item (greedy by default; transformers sampling options work)."""
+        return self.decode(self.generate_ids(audio, sampling_rate, prompts, max_new_tokens, **generation_kwargs))
+
+    @torch.no_grad()
+    def generate_ids(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
+                     max_new_tokens: int = 128, **generation_kwargs) -> torch.Tensor:
+        """:meth:`generate`'s new token ids ``[B, N]`` (rows that stopped early padded with the pad id)."""
         if not isinstance(audio, (list, tuple)):
             audio = [audio]
         batch = self.prepare_batch(audio, prompts, sampling_rate=sampling_rate, padding_side="left")
@@ -112,7 +118,7 @@ class SpeechLM(Architecture):
                                     **fused.extra, **generation_kwargs)
         finally:
             self.fusion.release()  # a later bare LLM call must not still see this batch's audio
-        return self.decode(ids)
+        return ids
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.processor.decode(ids)

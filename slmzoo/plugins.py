@@ -17,7 +17,7 @@ from types import ModuleType
 import pluggy
 
 from slmzoo import hookspecs
-from slmzoo.registry import ArchitectureSpec, CommandSpec, ComponentKind, ComponentSpec, Registry
+from slmzoo.registry import ArchitectureSpec, CommandSpec, ComponentKind, ComponentSpec, ImporterSpec, Registry
 
 ENTRY_POINT_GROUP = "slmzoo"
 #: The kernel's own plugin: the component kinds and the ``speechlm`` architecture. Registered first, through the
@@ -127,6 +127,13 @@ class PluginHost:
             self.registry.add(spec)
             info.components.append(_label(spec))
 
+        def register_importer(spec: ImporterSpec) -> None:
+            if not isinstance(spec, ImporterSpec):
+                raise TypeError(f"register() takes an ImporterSpec, not {type(spec).__name__}")
+            spec = type(spec)(**{**spec.__dict__, "provider": info.name})
+            self.registry.add(spec)
+            info.components.append(_label(spec))
+
         def register_cards(path: str | os.PathLike) -> None:
             path = str(Path(path))
             self.registry.card_paths.append((path, info.name))
@@ -139,6 +146,7 @@ class PluginHost:
         try:
             for hook_name, callback in (("slmzoo_register_components", register_component),
                                         ("slmzoo_register_cards", register_cards),
+                                        ("slmzoo_register_importers", register_importer),
                                         ("slmzoo_register_commands", register_command)):
                 hook = getattr(self.pm.hook, hook_name)
                 impls = [impl for impl in hook.get_hookimpls() if impl.plugin is plugin]
@@ -209,4 +217,6 @@ def _label(spec) -> str:
         return f"kind:{spec.name}"
     if isinstance(spec, ArchitectureSpec):
         return f"architecture:{spec.name}"
+    if isinstance(spec, ImporterSpec):
+        return f"importer:{spec.name}"
     return f"{spec.kind}:{spec.name}"

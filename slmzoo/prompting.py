@@ -37,7 +37,7 @@ class PromptFormatter:
 
     @property
     def stop_token_ids(self) -> list[int]:
-        ids = {self.tokenizer.convert_tokens_to_ids(self.end_of_turn)}
+        ids = {self.tokenizer.convert_tokens_to_ids(t) for t in (self.end_of_turn, *self.config.stop_tokens)}
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id)

@@ -1,13 +1,15 @@
 """The registry: small module-level state, filled by plugins through ``register``.
 
-Three things are registered, all importable without torch:
+Four things are registered, all importable without torch:
 
 - a :class:`ComponentKind` (``encoder``, ``adapter``, ``fusion``, ``llm``, and whatever a plugin adds, such as
   ``codec``): a name, a description and the contract class its components subclass;
 - a :class:`ComponentSpec`: one component of a kind, its options class and its implementation as a
   ``"module:attr"`` string, imported only when a model is built;
 - an :class:`ArchitectureSpec`: how a model is assembled from a card: its sections (which kinds, which are
-  required), the order they are built in, and its model class.
+  required), the order they are built in, and its model class;
+- an :class:`ImporterSpec`: how a released checkpoint of one family (Qwen2-Audio, Voxtral, ...) becomes a model
+  of a zoo card: which releases it recognises and its implementation as a ``"module:attr"`` string.
 
 Every list of kinds or sections in slmzoo (card schema, validation, ``show``, ``diff``, ``list``, the builder,
 optimizer groups, checkpoints, summaries) comes from here, so ``list``, ``show``, ``diff`` and ``schema`` stay fast
@@ -188,6 +190,37 @@ class CommandSpec:
     provider: str = "?"
 
 
+@dataclass(frozen=True)
+class ImporterSpec:
+    """An importer of released checkpoints of one family onto the zoo card ``card``.
+
+    A release folder is recognised torch-free from its ``config.json``: its ``architectures`` (first) or its
+    ``model_type`` naming one of ``architectures`` / ``model_types``, or, for configs without either (NeMo's), the
+    top-level ``config_keys`` all present. ``factory`` (``"module:Class"``, a :class:`slmzoo.importing.Importer`)
+    is imported only when a release is imported."""
+
+    name: str
+    card: str
+    description: str
+    factory: str
+    architectures: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+    config_keys: tuple[str, ...] = ()
+    provider: str = "?"
+
+    def recognises(self, config: dict) -> bool:
+        """Whether a release's ``config.json`` (a dict) is one this importer reads."""
+        named = config.get("architectures") or []
+        if any(name in self.architectures for name in named):
+            return True
+        if config.get("model_type") in self.model_types:
+            return True
+        return bool(self.config_keys) and all(key in config for key in self.config_keys)
+
+    def load_factory(self) -> Callable[..., Any]:
+        return load_object(self.factory, f"{self.provider}: importer {self.name!r}")
+
+
 class DuplicateComponentError(ValueError):
     """Two plugins registered the same kind and name (or the same kind, architecture or command)."""
 
@@ -206,11 +239,14 @@ class Registry:
     architectures: dict[str, ArchitectureSpec] = field(default_factory=dict)
     architecture_aliases: dict[str, str] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
+    importers: dict[str, ImporterSpec] = field(default_factory=dict)
     card_paths: list[tuple[str, str]] = field(default_factory=list)  # (path, provider)
 
     # -- adding -------------------------------------------------------------------------------------------
-    def add(self, spec: ComponentSpec | ComponentKind | ArchitectureSpec | CommandSpec) -> None:
-        """Register any of the four; the plugin host calls this for every ``register(...)`` of a plugin."""
+    def add(self, spec: ComponentSpec | ComponentKind | ArchitectureSpec | CommandSpec | ImporterSpec) -> None:
+        """Register any of the five; the plugin host calls this for every ``register(...)`` of a plugin."""
+        if isinstance(spec, ImporterSpec):
+            return self.add_importer(spec)
         if isinstance(spec, ComponentKind):
             return self.add_kind(spec)
         if isinstance(spec, ArchitectureSpec):
@@ -219,8 +255,8 @@ class Registry:
             return self.add_command(spec)
         if isinstance(spec, ComponentSpec):
             return self.add_component(spec)
-        raise TypeError(f"register() takes a ComponentSpec, ComponentKind, ArchitectureSpec or CommandSpec, "
-                        f"not {type(spec).__name__}")
+        raise TypeError(f"register() takes a ComponentSpec, ComponentKind, ArchitectureSpec, CommandSpec or "
+                        f"ImporterSpec, not {type(spec).__name__}")
 
     def add_component(self, spec: ComponentSpec) -> None:
         for name in (spec.name, *spec.aliases):
@@ -253,6 +289,12 @@ class Registry:
             raise _duplicate("command", spec.name, existing.provider, "", spec.provider, "")
         self.commands[spec.name] = spec
 
+    def add_importer(self, spec: ImporterSpec) -> None:
+        existing = self.importers.get(spec.name)
+        if existing is not None:
+            raise _duplicate("importer", spec.name, existing.provider, existing.factory, spec.provider, spec.factory)
+        self.importers[spec.name] = spec
+
     def remove_provider(self, provider: str) -> None:
         for key, spec in list(self.components.items()):
             if spec.provider == provider:
@@ -262,6 +304,7 @@ class Registry:
         self.architectures = {k: v for k, v in self.architectures.items() if v.provider != provider}
         self.architecture_aliases = {k: v for k, v in self.architecture_aliases.items() if v in self.architectures}
         self.commands = {k: v for k, v in self.commands.items() if v.provider != provider}
+        self.importers = {k: v for k, v in self.importers.items() if v.provider != provider}
         self.card_paths = [(p, prov) for p, prov in self.card_paths if prov != provider]
 
     # -- looking up ---------------------------------------------------------------------------------------

@@ -408,11 +408,16 @@ def load_pretrained(directory: str | os.PathLike, device: "str | torch.device | 
                     check: bool = True):
     """Load what :func:`save_pretrained` wrote: every file checked against ``slmzoo.json`` (``check``), the model
     built from the saved card without downloading backbones unless only trained weights were saved, the weights
-    loaded strictly. In eval mode."""
+    loaded strictly. In eval mode. A folder that is not a saved model but a release an importer recognises
+    (:mod:`slmzoo.importing`) is imported on the fly."""
     from slmzoo.builder import build
     from slmzoo.processing import card_processor
 
     directory = Path(directory)
+    if directory.is_dir() and not is_saved_model(directory):  # a release (config.json): imported on the fly
+        from slmzoo.importing import import_checkpoint
+
+        return import_checkpoint(directory, device=device)
     if check:
         verify(directory, weights=False)  # the card and tokenizer, before anything is built from them
     card = load_saved_card(directory)

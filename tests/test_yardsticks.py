@@ -20,6 +20,10 @@ import torch
 import transformers as tf
 
 import slmzoo
+from slmzoo_plugins.importers.audio_flamingo_3 import AudioFlamingo3Importer
+from slmzoo_plugins.importers.granite_speech import GraniteSpeechImporter
+from slmzoo_plugins.importers.qwen2_audio import Qwen2AudioImporter
+from slmzoo_plugins.importers.voxtral import VoxtralImporter
 from tests.test_granite_encoder import granite_feature_extractor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,10 +41,11 @@ def _expand_audio_tags(ids: torch.Tensor, tag: int, counts: list[int]) -> torch.
     return torch.tensor([out])
 
 
-def _renamed(state: dict[str, torch.Tensor], prefixes: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Our tensors under the reference's names: ``{our prefix: their prefix}``; unmatched tensors are dropped."""
-    return {theirs + name[len(ours):]: tensor for name, tensor in state.items()
-            for ours, theirs in prefixes.items() if name.startswith(ours)}
+def _renamed(state: dict[str, torch.Tensor], importer) -> dict[str, torch.Tensor]:
+    """Our tensors under the reference's names, by the rules of the card's importer (plugins/importers/): the
+    yardstick tests the importer's name mapping too. Tensors no rule names are dropped."""
+    renamed = {name: importer.release_name(name) for name in state}
+    return {theirs: state[name] for name, theirs in renamed.items() if theirs is not None}
 
 
 def _whisper_tower(model) -> dict:
@@ -93,9 +98,7 @@ def test_qwen2_audio_card_matches_transformers_qwen2_audio():
     reference = tf.Qwen2AudioForConditionalGeneration(tf.Qwen2AudioConfig(
         audio_config=_whisper_tower(model), text_config=model.llm.config.to_dict(),
         audio_token_id=model.llm.audio_token_id)).eval()
-    reference.load_state_dict(_renamed(model.state_dict(), {
-        "encoder.encoder.": "model.audio_tower.", "adapter.proj.": "model.multi_modal_projector.linear.",
-        "llm.model.model.": "model.language_model.", "llm.model.lm_head.": "lm_head."}), strict=True)
+    reference.load_state_dict(_renamed(model.state_dict(), Qwen2AudioImporter), strict=True)
 
     def reference_logits(ids, clip):
         features = _whisper_features(model, clip)
@@ -114,10 +117,7 @@ def test_audio_flamingo_3_card_matches_transformers_audioflamingo3():
     reference = tf.AudioFlamingo3ForConditionalGeneration(tf.AudioFlamingo3Config(
         audio_config=audio_config, text_config=model.llm.config.to_dict(),
         audio_token_id=model.llm.audio_token_id)).eval()
-    reference.load_state_dict(_renamed(model.state_dict(), {
-        "encoder.encoder.": "model.audio_tower.", "adapter.mlp.0.": "model.multi_modal_projector.linear_1.",
-        "adapter.mlp.2.": "model.multi_modal_projector.linear_2.", "llm.model.model.": "model.language_model.",
-        "llm.model.lm_head.": "lm_head."}), strict=True)
+    reference.load_state_dict(_renamed(model.state_dict(), AudioFlamingo3Importer), strict=True)
 
     def reference_logits(ids, clip):
         features = _whisper_features(model, clip)
@@ -153,10 +153,7 @@ def test_voxtral_card_matches_transformers_voxtral():
     reference = tf.VoxtralForConditionalGeneration(tf.VoxtralConfig(
         audio_config=audio_config, text_config=model.llm.config.to_dict(),
         audio_token_id=model.llm.audio_token_id, projector_hidden_act="gelu")).eval()
-    reference.load_state_dict(_renamed(model.state_dict(), {
-        "encoder.encoder.": "model.audio_tower.", "adapter.linear_1.": "model.multi_modal_projector.linear_1.",
-        "adapter.linear_2.": "model.multi_modal_projector.linear_2.", "llm.model.model.": "model.language_model.",
-        "llm.model.lm_head.": "lm_head."}), strict=True)
+    reference.load_state_dict(_renamed(model.state_dict(), VoxtralImporter), strict=True)
 
     def reference_logits(ids, clip):
         features = _voxtral_features(model, clip)
@@ -186,10 +183,7 @@ def test_granite_speech_card_matches_transformers_granite_speech(monkeypatch):
     for name, buffer in model.encoder.named_buffers():  # BatchNorm running statistics other than the init's 0 / 1
         if "running" in name:
             buffer.uniform_(0.5, 1.5)
-    reference.load_state_dict(_renamed(model.state_dict(), {
-        "encoder.model.": "model.encoder.", "adapter.query": "model.projector.query",
-        "adapter.qformer.": "model.projector.qformer.", "adapter.linear.": "model.projector.linear.",
-        "llm.model.model.": "model.language_model.", "llm.model.lm_head.": "lm_head."}), strict=True)
+    reference.load_state_dict(_renamed(model.state_dict(), GraniteSpeechImporter), strict=True)
     extractor = granite_feature_extractor(monkeypatch, **model.encoder.feature_settings)
 
     clips = _clips()  # 1 s and 0.62 s: 50 and 31 encoder frames, both ending in partial blocks and windows

@@ -40,10 +40,14 @@ from slmzoo_plugins.encoders.waveforms import check_waveforms
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
 NORM_EPSILON = 1e-5  # ParakeetFeatureExtractor: EPSILON, added to the std
 # The ParakeetFeatureExtractor settings the log-mel front end follows (others in a preprocessor config are moot).
-FEATURE_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "win_length", "preemphasis", "normalize")
+FEATURE_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "win_length", "preemphasis", "normalize",
+                "filterbank")
 # NeMo's preprocessor `normalize` (ParakeetFeatureExtractor: per_feature); NA, none: what streaming encoders use, since
 # a statistic over the clip makes every frame depend on the whole clip.
 NORMALIZE = ("per_feature", "all_features", "NA")
+# `filterbank: stored`: the mel filters and the window are weights (a NeMo checkpoint's `featurizer.fb` / `window`,
+# stored in bf16; recomputed float32 filters differ enough to change what canary-qwen decodes).
+FILTERBANKS = ("computed", "stored")
 
 
 class ParakeetLogMel(nn.Module):
@@ -54,19 +58,27 @@ class ParakeetLogMel(nn.Module):
     """
 
     def __init__(self, feature_size=80, sampling_rate=16000, hop_length=160, n_fft=512, win_length=400,
-                 preemphasis=0.97, normalize="per_feature", **_):
+                 preemphasis=0.97, normalize="per_feature", filterbank="computed", **_):
         super().__init__()
         from transformers.audio_utils import mel_filter_bank
 
         if normalize not in NORMALIZE:
             raise ValueError(f"encoder.feature_extractor.normalize: {normalize!r}; use one of {', '.join(NORMALIZE)}")
+        if filterbank not in FILTERBANKS:
+            raise ValueError(f"encoder.feature_extractor.filterbank: {filterbank!r}; use one of "
+                             f"{', '.join(FILTERBANKS)}")
         self.hop_length, self.n_fft, self.win_length, self.preemphasis = hop_length, n_fft, win_length, preemphasis
         self.normalize = normalize
         filters = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=feature_size, min_frequency=0.0,
                                   max_frequency=sampling_rate / 2, sampling_rate=sampling_rate, norm="slaney",
                                   mel_scale="slaney", dtype=np.float32)
-        # Not persistent: derived from the settings, never a weight to save or load.
-        self.register_buffer("mel_filters", torch.from_numpy(np.ascontiguousarray(filters.T)), persistent=False)
+        # Computed: derived from the settings, never a weight to save or load. Stored: weights of the checkpoint.
+        stored = filterbank == "stored"
+        self.register_buffer("mel_filters", torch.from_numpy(np.ascontiguousarray(filters.T)), persistent=stored)
+        if stored:
+            self.register_buffer("window", torch.hann_window(win_length, periodic=False))
+        else:
+            self.window = None
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(lengths + self.n_fft // 2 * 2 - self.n_fft, self.hop_length, rounding_mode="floor")
@@ -78,7 +90,8 @@ class ParakeetLogMel(nn.Module):
         if self.preemphasis:
             audio = torch.cat([audio[:, :1], audio[:, 1:] - self.preemphasis * audio[:, :-1]], dim=1)
             audio = audio * lengths_to_mask(lengths, audio.shape[1])
-        window = torch.hann_window(self.win_length, periodic=False, device=audio.device, dtype=audio.dtype)
+        window = torch.hann_window(self.win_length, periodic=False, device=audio.device, dtype=audio.dtype) \
+            if self.window is None else self.window.to(audio.dtype)
         stft = torch.stft(audio, self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
                           return_complex=True, pad_mode="constant")
         power = torch.view_as_real(stft).pow(2).sum(-1).sqrt().pow(2)  # the reference's exact op order

@@ -115,7 +115,7 @@ def encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
     return tower_tensors(pretrained, ENCODER_PREFIXES, BARE_ENCODER)
 
 
-def _saved_feature_settings(pretrained: str | None, context) -> dict:
+def saved_feature_settings(pretrained: str | None, context) -> dict:
     """The checkpoint's extractor settings: top-level keys or torchaudio's ``melspec_kwargs`` (``sample_rate``)."""
     saved = preprocessor_config(pretrained, context)
     nested = dict(saved.get("melspec_kwargs") or {})
@@ -145,7 +145,7 @@ class GraniteCTCEncoder(Encoder):
         if options.feature_extractor is not None:
             saved = feature_settings(None, options.feature_extractor, FEATURE_KEYS)
         else:
-            saved = _saved_feature_settings(options.pretrained, context)
+            saved = saved_feature_settings(options.pretrained, context)
         settings = {**FEATURE_DEFAULTS, "n_mels": config.input_dim // 2, **saved}
         if 2 * settings["n_mels"] != config.input_dim:
             raise ValueError(f"encoder.feature_extractor: n_mels={settings['n_mels']} stacked in pairs gives "

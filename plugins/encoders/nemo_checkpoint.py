@@ -67,17 +67,34 @@ def _members(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 def read_nemo_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(ParakeetEncoderConfig fields, feature extractor settings)`` of a ``.nemo`` file."""
     config, _ = _members(Path(path))
-    encoder = {"layerdrop": 0.0}  # NeMo's default: no stochastic depth
-    for key, value in (config.get("encoder") or {}).items():
+    return encoder_fields(config.get("encoder") or {}), feature_fields(config.get("preprocessor") or {})
+
+
+def encoder_fields(encoder: dict[str, Any]) -> dict[str, Any]:
+    """A NeMo ``ConformerEncoder`` config section as ParakeetEncoderConfig fields."""
+    fields = {"layerdrop": 0.0}  # NeMo's default: no stochastic depth
+    for key, value in encoder.items():
         if key in CONFIG_KEYS:
-            encoder[CONFIG_KEYS[key]] = value
+            fields[CONFIG_KEYS[key]] = value
             if key == "use_bias":
-                encoder["convolution_bias"] = value
-    pre = config.get("preprocessor") or {}
-    rate = pre.get("sample_rate", 16000)
-    features = {PREPROCESSOR_KEYS[k]: (int(v * rate) if k in ("window_size", "window_stride") else v)
-                for k, v in pre.items() if k in PREPROCESSOR_KEYS}
-    return encoder, features
+                fields["convolution_bias"] = value
+    if "ff_expansion_factor" in encoder and "d_model" in encoder:  # NeMo gives the FFN width as a multiple
+        fields["intermediate_size"] = encoder["d_model"] * encoder["ff_expansion_factor"]
+    return fields
+
+
+def feature_fields(preprocessor: dict[str, Any]) -> dict[str, Any]:
+    """A NeMo ``AudioToMelSpectrogramPreprocessor`` config section as feature extractor settings."""
+    rate = preprocessor.get("sample_rate", 16000)
+    return {PREPROCESSOR_KEYS[k]: (int(v * rate) if k in ("window_size", "window_stride") else v)
+            for k, v in preprocessor.items() if k in PREPROCESSOR_KEYS}
+
+
+def nemo_encoder_name(key: str) -> str:
+    """A NeMo ConformerEncoder tensor name (relative to the encoder) as ParakeetEncoder's."""
+    for pattern, replacement in ENCODER_KEYS:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 def read_nemo_encoder_state(path: str) -> dict[str, torch.Tensor]:
@@ -87,8 +104,5 @@ def read_nemo_encoder_state(path: str) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if not key.startswith("encoder."):
             continue  # decoder, joint, preprocessor featurizer buffers
-        key = key[len("encoder."):]
-        for pattern, replacement in ENCODER_KEYS:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
+        out[nemo_encoder_name(key[len("encoder."):])] = value
     return out

@@ -49,10 +49,11 @@ class WhisperOptions(EncoderOptions):
         "drops the encoded silence); 'window' outputs every frame of every 30 s window, encoded silence included "
         "(1500 per window, 1500 / pool pooled), as Voxtral's audio tower feeds its projector.",
     )
-    long_clips: Literal["cut", "split"] = Field(
+    long_clips: Literal["cut", "split", "windows"] = Field(
         "cut", description="With pad_to_window, clips longer than 30 s: 'cut' keeps the first 30 s (Whisper, "
         "Qwen2-Audio); 'split' pads the clip to a multiple of 30 s, computes the log-mel over all of it and encodes "
-        "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower).",
+        "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower); "
+        "'windows' cuts the clip into 30 s pieces first, each with its own log-mel (Audio Flamingo 3's processor).",
     )
 
     @model_validator(mode="after")
@@ -98,7 +99,8 @@ class ConformerOptions(SSLOptions):
     )
     feature_extractor: dict[str, Any] | None = Field(
         None, description="fastconformer: ParakeetFeatureExtractor settings (feature_size, hop_length, n_fft, "
-        "win_length, preemphasis, sampling_rate); default: the checkpoint's preprocessor_config.json or the .nemo "
+        "win_length, preemphasis, sampling_rate, normalize; filterbank: stored keeps the mel filters and window as "
+        "weights of the checkpoint, as NeMo's); default: the checkpoint's preprocessor_config.json or the .nemo "
         "preprocessor section.",
     )
     att_context_size: tuple[int, int] | None = Field(

@@ -20,7 +20,9 @@ Two modes:
   - ``long_clips``: ``cut`` (default) keeps a clip's first 30 s; ``split`` pads the clip to the next multiple of
     30 s, computes the log-mel over all of it (one ``max - 8`` clamp for the whole clip, STFT frames at a window
     edge see the next window's samples) and cuts it into 3000-frame windows, each encoded on its own, their frames
-    concatenated in time: Voxtral's processor (``pad_to_multiple_of=480000``, then chunks of 3000 mel frames).
+    concatenated in time: Voxtral's processor (``pad_to_multiple_of=480000``, then chunks of 3000 mel frames);
+    ``windows`` cuts the clip into 30 s pieces first, each with its own log-mel (its own clamp, zero padding after
+    the clip's last piece), encoded on its own, the windows' frames concatenated: Audio Flamingo 3's processor.
 
 ``pool: k`` average-pools the frames by ``k`` after the last layer and before the final LayerNorm, as
 Qwen-Audio's and Qwen2-Audio's audio towers do (``AvgPool1d(k)``: floor lengths, a pooled frame never mixes a
@@ -51,7 +53,7 @@ TOWER_FIELDS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder
                 "max_source_positions", "activation_function", "scale_embedding")
 
 
-def _tower_config(loaded, pretrained: str):
+def tower_config(loaded, pretrained: str):
     """The WhisperConfig of an audio LLM whose audio tower is a Whisper encoder (Qwen2-Audio, AF3, Voxtral)."""
     from transformers import WhisperConfig
 
@@ -71,7 +73,7 @@ def _config(options, from_config: bool):
     if options.config is not None and (from_config or options.pretrained is None):
         return WhisperConfig(**options.config)
     return load_config(WhisperConfig, options.pretrained,
-                       convert=lambda loaded: _tower_config(loaded, options.pretrained))
+                       convert=lambda loaded: tower_config(loaded, options.pretrained))
 
 
 def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
@@ -127,7 +129,7 @@ class WhisperEncoder(Encoder):
     def windows(self, lengths: torch.Tensor) -> torch.Tensor:
         """``lengths [B]`` in samples -> 30 s windows per clip ``[B]``: 1, or ``ceil(len / 30 s)`` with
         ``long_clips: split``."""
-        if self.pad_to_window and self.long_clips == "split":
+        if self.pad_to_window and self.long_clips in ("split", "windows"):
             return ((lengths + self.window_samples - 1) // self.window_samples).clamp(min=1)
         return torch.ones_like(lengths)
 
@@ -155,6 +157,8 @@ class WhisperEncoder(Encoder):
                 padded[b, :n] = audio[b, :n]
             # Frames whose centre lies in the clip: the feature extractor's attention mask (ceil, not floor).
             mel_lengths = (clip + HOP_LENGTH - 1) // HOP_LENGTH
+            if self.long_clips == "windows":  # every 30 s piece on its own: [B, n_mels, 3000 * max(windows)]
+                return self._window_features(padded, span, filters), mel_lengths
             if bool((span == span[0]).all()):
                 return log_mel(padded, filters), mel_lengths
             # Rows of different spans: each on its own span, so the max - 8 clamp never sees another clip's padding.
@@ -169,6 +173,16 @@ class WhisperEncoder(Encoder):
             mel = log_mel(audio[b, :n], filters)
             mels[b, :, : mel.shape[-1]] = mel
         return mels, mel_lengths
+
+    def _window_features(self, padded: torch.Tensor, span: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+        """``padded [B, S]`` (each clip zero-padded to its ``span [B]`` of whole windows) -> the log-mel of each 30 s
+        window computed alone, ``[B, n_mels, max(span) // 160]``."""
+        window, frames = self.window_samples, self.window_samples // HOP_LENGTH
+        mels = padded.new_zeros(padded.shape[0], filters.shape[1], int(span.max()) // HOP_LENGTH)
+        for b, n in enumerate(span.tolist()):
+            pieces = log_mel(padded[b, :n].reshape(n // window, window), filters)  # [windows, n_mels, 3000]
+            mels[b, :, : n // HOP_LENGTH] = pieces.transpose(0, 1).reshape(filters.shape[1], n // window * frames)
+        return mels
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:

@@ -37,6 +37,9 @@ class PromptConfig(Strict):
         "{instruction} {audio}",
         description="How a plain-text prompt and its audio form the user turn; {audio} is the audio tag.",
     )
+    stop_tokens: list[str] = Field(
+        default_factory=list, description="Tokens that also end generation, besides the chat format's end of turn "
+        "and the tokenizer's EOS (an imported release's generation_config eos_token_id).")
     tasks: dict[str, str] = Field(
         default_factory=lambda: {"asr": "Transcribe the audio."},
         description="Task name -> instruction used when a data item names no prompt.",

@@ -184,14 +184,15 @@ def saved_model_folder(model: str) -> Path:
 
 
 def load_model(model: str, preset: str | None = None, sets: list[str] | None = None, device: str | None = None):
-    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder (``local-dir:PATH`` and
-    ``hf-hub:org/name[@rev]`` too), or a card; in eval mode."""
+    """A run folder (its newest intact checkpoint), a saved model / checkpoint folder, a release folder (imported
+    on the fly: :mod:`slmzoo.importing`), ``local-dir:PATH`` and ``hf-hub:org/name[@rev]`` for any of them, or a
+    card; in eval mode."""
     import slmzoo
 
     path = saved_model_folder(model)
-    if saving.is_saved_model(path):
+    if path.is_dir():  # a saved model, or a release folder an importer recognises (imported on the fly)
         if sets or preset:
-            raise CLIError(f"{model} is a saved model: --preset and --set apply to cards only")
+            raise CLIError(f"{model} is a saved model or a release: --preset and --set apply to cards only")
         return slmzoo.from_pretrained(path, device=device)
     from slmzoo.builder import build
 

@@ -515,6 +515,49 @@ def _speak(model, paths: list[str], out_path: Path, prompt: str | None) -> tuple
     return result.texts, [str(n) for n in names]
 
 
+# -- import ----------------------------------------------------------------------------------------
+@app.command("import")
+@handle_errors()
+def import_(
+    source: Annotated[str, typer.Argument(help="A released checkpoint: hf-hub:org/name[@rev], local-dir:PATH or a "
+                                               "local folder as the Hub holds it.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The slmzoo model folder to write.")],
+    card: Annotated[Optional[str], typer.Option(
+        "--card", help="The zoo card to map the release onto; default: the one its importer names.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """A released speech LLM as a standalone slmzoo model folder (its card, weights, tokenizer)."""
+    from slmzoo.hub.sources import parse, resolve
+    from slmzoo.importing import find_importer, import_to
+
+    folder = resolve(source) if parse(source) is not None else Path(source)
+    if not folder.is_dir():
+        raise CLIError(f"{source}: no such folder")
+    spec = find_importer(folder, card)  # an unrecognised release fails before anything is built
+    saved = import_to(folder, out_dir, card=spec.card)
+    if json_:
+        echo_json({"source": source, "importer": spec.name, "card": spec.card, "saved": str(saved)})
+        return
+    echo(f"imported {source} with the {spec.name} importer (card {spec.card}); saved to {saved}")
+
+
+# -- export ----------------------------------------------------------------------------------------
+@app.command("export")
+@handle_errors()
+def export_(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A saved model, a run folder, a release or a card.")],
+    to: Annotated[str, typer.Option("--to", help="The checkpoint layout to write: transformers.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The folder to write.")],
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """A model whose card is a released architecture, in the reference's own layout (config, weights, processor)."""
+    from slmzoo.importing import export_model
+
+    written = export_model(load_model(model, preset, set_), to, out_dir)
+    echo(f"exported to {written} ({to})")
+
+
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
 hub_cmds.register(app)  # push, pull

@@ -29,6 +29,7 @@ LOCAL_PREFIX = "local-dir:"
 # The files a backbone (a transformers model repository) is loaded from: config, safetensors weights, tokenizer.
 # No pickled weights (*.bin, *.pt) and no code (*.py): loading a repository never runs anything from it.
 BACKBONE_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+RELEASE_FILES = BACKBONE_FILES  # what a released checkpoint is read from
 BACKBONE_CONFIG_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]  # meta builds: no weights
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -156,9 +157,13 @@ def card_folder(source: HubSource) -> Path:
 
 
 def model_folder(source: HubSource) -> Path:
-    """The cache folder of a saved model on the Hub: its card first (a repository without one is not an slmzoo
-    model), then exactly the files its ``slmzoo.json`` lists, at the same commit."""
-    folder = card_folder(source)
+    """The cache folder of a saved model on the Hub: its card first, then exactly the files its ``slmzoo.json``
+    lists, at the same commit. A repository without a card is another system's release (Qwen2-Audio, Voxtral, ...):
+    its configs, tokenizer files and safetensors (never code or pickles), for :mod:`slmzoo.importing` to map."""
+    try:
+        folder = card_folder(source)
+    except NotAnSlmzooModelError:
+        return snapshot(source, allow_patterns=RELEASE_FILES)
     pinned = HubSource(source.repo_id, folder.name)  # the snapshot folder is named by the commit sha
     files = list(saving.read_info(folder).get("files") or [])
     patterns = [saving.CARD_FILE, saving.INFO_FILE, *files] if files else [
