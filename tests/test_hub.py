@@ -325,7 +325,9 @@ def test_a_repo_without_card_is_not_an_slmzoo_model(hub, tmp_path):
     api = HfApi()
     api.create_repo("org/other")
     api.upload_folder(folder_path=tmp_path / "other", repo_id="org/other", commit_message="x")
-    with pytest.raises(NotAnSlmzooModelError, match=r"org/other is not an slmzoo model \(no card.yaml\)"):
+    # no card.yaml: read as another system's release, which no importer recognises either
+    with pytest.raises(NotAnSlmzooModelError, match=r"org/other is not an slmzoo model \(no card.yaml\), and no "
+                                                     r"importer recognises this release"):
         slmzoo.from_pretrained("hf-hub:org/other")
     result = cli("generate", "hf-hub:org/other", "--audio", __file__)
     assert result.exit_code == 2 and "not an slmzoo model" in result.output

@@ -162,8 +162,15 @@ def model_folder(source: HubSource) -> Path:
     its configs, tokenizer files and safetensors (never code or pickles), for :mod:`slmzoo.importing` to map."""
     try:
         folder = card_folder(source)
-    except NotAnSlmzooModelError:
-        return snapshot(source, allow_patterns=RELEASE_FILES)
+    except NotAnSlmzooModelError as error:
+        from slmzoo.importing import ReleaseError, find_importer
+
+        release = snapshot(source, allow_patterns=RELEASE_FILES)
+        try:
+            find_importer(release)
+        except ReleaseError as why:  # neither: say both, naming the repository rather than the cache folder
+            raise NotAnSlmzooModelError(f"{error}, and {str(why).replace(f'{release}: ', '')}") from None
+        return release
     pinned = HubSource(source.repo_id, folder.name)  # the snapshot folder is named by the commit sha
     files = list(saving.read_info(folder).get("files") or [])
     patterns = [saving.CARD_FILE, saving.INFO_FILE, *files] if files else [
