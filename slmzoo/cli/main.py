@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from slmzoo.cli import train_cmds
+from slmzoo.cli import serve_cmd, train_cmds
 from slmzoo.cli.common import (
     CLIError,
     JsonOpt,
@@ -489,6 +489,7 @@ def generate(
 
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
+serve_cmd.register(app)  # serve
 app.add_typer(plugins_app, name="plugins")
 
 
