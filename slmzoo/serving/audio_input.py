@@ -105,7 +105,7 @@ def data_url_bytes(url: str, limits: Limits, param: str) -> bytes:
 
 
 # -- fetching http(s) URLs -------------------------------------------------------------------------------------
-def check_url(url: str, limits: Limits, param: str, resolve=socket.getaddrinfo) -> None:
+def check_url(url: str, limits: Limits, param: str, resolve=None) -> None:
     """Refuse a URL unless fetching is on, its host is on the allow-list and every address it resolves to is a
     public one (no private, loopback, link-local, multicast or reserved address: no SSRF into the network)."""
     if not limits.allowed_audio_hosts:
@@ -117,6 +117,7 @@ def check_url(url: str, limits: Limits, param: str, resolve=socket.getaddrinfo) 
     host = parts.hostname.lower()
     if host not in {h.lower() for h in limits.allowed_audio_hosts}:
         raise bad_request(f"audio host {host!r} is not allowed (--allow-audio-host)", param, "host_not_allowed")
+    resolve = resolve or socket.getaddrinfo
     try:
         addresses = {info[4][0] for info in resolve(host, parts.port or (443 if parts.scheme == "https" else 80))}
     except (OSError, UnicodeError):
