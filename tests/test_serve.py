@@ -24,6 +24,7 @@ import soundfile as sf
 from tests.serve_utils import REPO, ServerProcess, digit_files, tiny_model
 
 openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow  # a real server process: end to end
 KEY = "test-key"
 MODEL = "tiny-salm"
 
