@@ -61,8 +61,10 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.api_key and scope["path"] not in PUBLIC_PATHS and not self._authorized(headers):
             self.metrics.rejected.inc(reason="unauthorized")
+            # The playground page asks a browser for the key (a login prompt); API clients are told to use Bearer.
+            challenge = 'Basic realm="slmzoo serve"' if scope["path"] == "/" else "Bearer"
             return await _send_error(send, APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
-                                                    "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+                                                    "invalid_api_key", headers={"WWW-Authenticate": challenge}))
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             self.metrics.rejected.inc(reason="body_too_large")
