@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -300,6 +301,22 @@ def test_client_disconnect_stops_decoding(server):
     assert metric(server, "generation_tokens_total") - generated < 900
 
 
+def test_client_disconnect_stops_a_non_streaming_request(server):
+    body = json.dumps(chat_body([audio_part(FLAC[1], "flac")], max_tokens=1000, ignore_eos=True)).encode()
+    cancelled = metric(server, "request_cancelled_total")
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 10
+        while metric(server, "num_requests_running") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and metric(server, "request_cancelled_total") == cancelled:
+        time.sleep(0.1)
+    assert metric(server, "request_cancelled_total") == cancelled + 1
+    assert metric(server, "num_requests_running") == 0
+
+
 # -- fuzz -----------------------------------------------------------------------------------------------------
 def malformed(i: int, rng) -> tuple[str, dict]:
     """The ``i``-th malformed request: (path, httpx keyword arguments)."""
@@ -366,9 +383,10 @@ def test_fuzz_malformed_requests_keep_the_server_healthy(server):
 
 
 # -- a second server: queue and deadline -------------------------------------------------------------------------
-def test_queue_full_and_deadline(model_dir):
-    with ServerProcess(model_dir, "--served-model-name", MODEL, "--max-queue", "2", "--max-batch-size", "1",
-                       "--request-timeout", "1") as small:
+def test_two_models_queue_full_and_deadline(model_dir):
+    with ServerProcess(model_dir, str(model_dir), "--served-model-name", MODEL, "--served-model-name", "second",
+                       "--max-queue", "2", "--max-batch-size", "1", "--request-timeout", "1") as small:
+        assert [m["id"] for m in httpx.get(small.url + "/v1/models").json()["data"]] == [MODEL, "second"]
         body = chat_body([audio_part(wav_bytes(np.zeros(4000, np.float32)))], max_tokens=1000, ignore_eos=True)
         url = small.url + "/v1/chat/completions"
         with ThreadPoolExecutor(4) as pool:

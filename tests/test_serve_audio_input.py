@@ -47,3 +47,20 @@ def test_every_redirect_is_checked_again(monkeypatch):
     with pytest.raises(APIError) as many:
         handler.redirect_request(request, None, 302, "Found", {}, "https://audio.example.com/c.wav")
     assert "too many redirects" in many.value.message
+
+
+def test_translation_uses_the_cards_translation_task():
+    from types import SimpleNamespace
+
+    from slmzoo.serving.app import _task_instruction
+
+    def model(tasks, default="asr"):
+        return SimpleNamespace(processor=SimpleNamespace(prompt=SimpleNamespace(tasks=tasks, default_task=default)))
+
+    salmonn = model({"asr": "Transcribe.", "ast": "Translate it into German."})
+    assert _task_instruction(salmonn, "translate") == "Translate it into German."
+    assert _task_instruction(salmonn, "transcribe") == "Transcribe."
+    assert _task_instruction(model({"caption": "Describe."}, "caption"), "transcribe") == "Describe."
+    with pytest.raises(APIError) as error:
+        _task_instruction(model({"asr": "Transcribe."}), "translate")
+    assert error.value.code == "no_translation_task"

@@ -41,7 +41,6 @@ from slmzoo.serving.schemas import (
 log = logging.getLogger("slmzoo.serve")
 PUBLIC_PATHS = {"/health"}
 TRANSLATION_TASKS = ("translate", "translation", "ast", "st", "s2tt")
-POLL_SECONDS = 0.2  # how often a waiting request checks that its client is still there
 
 
 class ClientGone(Exception):
@@ -187,24 +186,36 @@ class Server:
         return job, queue
 
     async def next_event(self, request: Request, job: Job, queue: asyncio.Queue):
-        """The next event of ``job``; a client that went away cancels the job (decoding stops at the next step)."""
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), POLL_SECONDS)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel()
-                    raise ClientGone from None
-                continue
-            if event[0] == "error":
-                raise event[1]
-            return event
+        """The next event of ``job``; a client that went away cancels the job (decoding stops at the next step).
+
+        The body is read by now, so the ASGI ``receive`` returns only when the client disconnects (what
+        ``StreamingResponse`` listens for too): that is the watch, not polling ``is_disconnected``."""
+        getter = asyncio.ensure_future(queue.get())
+        watch = asyncio.ensure_future(_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({getter, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter not in done:
+            job.cancel()
+            raise ClientGone
+        event = getter.result()
+        if event[0] == "error":
+            raise event[1]
+        return event
 
     async def result(self, request: Request, job: Job, queue: asyncio.Queue) -> dict:
         while True:
             kind, payload = await self.next_event(request, job, queue)
             if kind == "done":
                 return payload
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def sse(data: Any) -> str:
