@@ -119,7 +119,9 @@ class Server:
         self.created = int(time.time())
 
     def scheduler(self, name: Any) -> Scheduler:
-        if not isinstance(name, str) or name not in self.schedulers:
+        if not name or not isinstance(name, str):
+            raise bad_request("model is required (GET /v1/models lists the served models)", "model", "missing_model")
+        if name not in self.schedulers:
             raise APIError(404, f"model {name!r} is not served here; GET /v1/models lists: "
                                 f"{', '.join(self.schedulers)}", "model_not_found", "model")
         return self.schedulers[name]
