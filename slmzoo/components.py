@@ -289,8 +289,10 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 1)
 
 
-def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
-    """``logits [B, V]`` -> ``[B]``: the argmax, or a sample at ``temperature`` from the ``top_p`` nucleus."""
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """``logits [B, V]`` -> ``[B]``: the argmax, or a sample at ``temperature`` from the ``top_p`` nucleus
+    (drawn with ``generator``: a seeded request's own)."""
     if not do_sample:
         return logits.argmax(-1)
     probs = F.softmax(logits / max(temperature, 1e-5), dim=-1)
@@ -298,4 +300,4 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest set whose mass reaches top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
-    return torch.multinomial(probs, 1)[:, 0]
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

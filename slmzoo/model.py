@@ -120,6 +120,30 @@ class SpeechLM(Architecture):
             self.fusion.release()  # a later bare LLM call must not still see this batch's audio
         return ids
 
+    # -- step-wise decoding (continuous batching: ``slmzoo serve``) ----------------------------------------
+    def supports_stepwise_decoding(self) -> bool:
+        """True when rows can join and leave a running batch between steps (:mod:`slmzoo.decoding`): a causal LM
+        and a fusion that keeps no audio memory between calls (``concat``, ``prefix``, ``token_space``)."""
+        from slmzoo.components import Fusion
+
+        return not self.llm.is_encoder_decoder and type(self.fusion).release is Fusion.release
+
+    @torch.no_grad()
+    def prefill(self, audio: Sequence, prompts: Sequence | None = None, sampling_rate: int | None = None):
+        """New requests -> a :class:`slmzoo.decoding.DecodingBatch` after their prompts: audio encoded once, in one
+        batch, fused as ``generate`` fuses it. ``audio``/``prompts`` as for :meth:`generate`."""
+        from slmzoo.decoding import DecodingBatch
+
+        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
+        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask)
+        tags = ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).sum(-1).tolist()
+        clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags)
+        decoding.audio_tokens = torch.stack([c.sum() for c in clip_tokens])
+        return decoding
+
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.processor.decode(ids)
 

@@ -117,6 +117,7 @@ LIGHT_COMMANDS = [
     ["schema"],
     ["plugins", "list"],
     ["build", "--help"],
+    ["serve", "--help"],
 ]
 
 

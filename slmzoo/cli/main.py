@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from slmzoo.cli import hub_cmds, train_cmds
+from slmzoo.cli import hub_cmds, serve_cmd, train_cmds
 from slmzoo.cli.common import (
     CLIError,
     JsonOpt,
@@ -561,6 +561,7 @@ def export_(
 # -- the commands defined elsewhere, after this file's own (the order of --help) ----------------------
 train_cmds.register(app)  # train, eval, plot
 hub_cmds.register(app)  # push, pull
+serve_cmd.register(app)  # serve
 app.add_typer(plugins_app, name="plugins")
 
 
