@@ -11,9 +11,10 @@ from slmzoo.card.loader import dump_yaml, load_card
 from tests.conftest import REPO, speechlike
 
 CARDS = sorted(p.stem for p in (REPO / "cards").glob("*.yaml"))
-# Fusions whose zero-initialised gates make the untrained model equal the text LLM: one step's gradient
-# reaches the gates (and the blocks' weights as exact zeros), but nothing upstream of the gates moves yet.
-ZERO_GATED = {"gated_xattn", "adapter_prompt"}
+# Fusions whose zero-initialised gates (or, for cross_attention, residual outputs) make the untrained model equal
+# the text LLM: one step's gradient reaches the gates (and the blocks' weights as exact zeros), but nothing upstream
+# of the gates moves yet.
+ZERO_GATED = {"gated_xattn", "adapter_prompt", "cross_attention"}
 # The survey systems the zoo covers (the issue's list); each needs its own card.
 EXPECTED = {"salm", "bestow", "salmonn", "qwen-audio", "qwen2-audio", "ltu", "ltu-as", "gama", "llasm", "speech-llama",
             "speechgpt", "voxtlm", "spirit-lm", "wavllm", "audio-flamingo", "llama3-speech", "audiochatllama",
