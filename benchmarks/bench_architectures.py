@@ -9,6 +9,7 @@ as Markdown and a PNG chart. With several learning rates (``--lrs``) each family
     python benchmarks/bench_architectures.py --out runs/bench                       # all families, ~2 h on 2 cores
     python benchmarks/bench_architectures.py --families salm,bestow --steps 600 --out runs/quick
     python benchmarks/bench_architectures.py --out runs/bench --readme README.md     # also rewrite the README table
+    python benchmarks/bench_architectures.py --families audio-flamingo --set fusion.zero_init=outputs --out runs/x
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ def family_overrides(family: str, out: Path) -> list[str]:
     return [*overrides, "--set", f"adapter.codebook={codebook}"]
 
 
-def train_and_evaluate(family: str, lr: float, steps: int | None, out: Path, unseen: Path | None) -> Path:
+def train_and_evaluate(family: str, lr: float, steps: int | None, out: Path, unseen: Path | None,
+                       sets: list[str] = ()) -> Path:
     run = out / f"{family}-lr{lr:g}"
     # --resume: an interrupted benchmark continues each run from its newest checkpoint; a finished one returns
     slmzoo("train", family, "--preset", "tiny", "--train", str(DIGITS / "train.jsonl"),
            "--val", str(DIGITS / "dev.jsonl"), "--out", str(run), "--no-progress", "--resume",
-           *recipe(steps, lr), *family_overrides(family, out))
+           *recipe(steps, lr), *family_overrides(family, out), *(arg for s in sets for arg in ("--set", s)))
     for data in [DIGITS / "test.jsonl", *([unseen] if unseen else [])]:
         if not (run / "eval" / f"{data.stem}.json").is_file():  # eval keeps results as eval/<manifest stem>.json
             slmzoo("eval", str(run), "--data", str(data), "--normalizer", "basic", "--json")
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--lrs", default="1e-3", help="Learning rates to try, comma-separated; best on dev kept.")
     parser.add_argument("--unseen", type=Path, default=None, help="Unseen-voices manifest (default: made in OUT).")
     parser.add_argument("--readme", type=Path, default=None, help="Rewrite the table between the README markers.")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="A card override for every family's run (repeatable), e.g. fusion.zero_init=outputs.")
     args = parser.parse_args()
 
     from slmzoo.comparison import compare_chart, compare_markdown, run_summary
@@ -118,7 +122,7 @@ def main() -> None:
     lrs = [float(x) for x in args.lrs.split(",")]
     chosen = []
     for family in args.families.split(","):
-        runs = [train_and_evaluate(family, lr, args.steps, args.out, unseen) for lr in lrs]
+        runs = [train_and_evaluate(family, lr, args.steps, args.out, unseen, args.sets) for lr in lrs]
         chosen.append(best_by_dev(runs))
         print(f"{family}: {chosen[-1].name}", flush=True)
     summaries = [run_summary(run) for run in chosen]

@@ -28,6 +28,8 @@ FUSIONS = {
                specs.CrossAttentionOptions(num_heads=4, self_attention=True)),
     "gated_xattn": ("slmzoo_plugins.fusion.gated_xattn:GatedCrossAttentionFusion",
                     specs.GatedXAttnOptions(num_heads=4)),
+    "gated_xattn_outputs": ("slmzoo_plugins.fusion.gated_xattn:GatedCrossAttentionFusion",
+                            specs.GatedXAttnOptions(num_heads=4, zero_init="outputs")),
     "adapter_prompt": ("slmzoo_plugins.fusion.adapter_prompt:AdapterPromptFusion",
                        specs.AdapterPromptOptions(num_layers=1, prompt_length=4)),
 }
@@ -136,7 +138,7 @@ def test_memory_fusions_remove_the_audio_tags(name):
 
 
 # -- the untrained memory fusions are the text LLM -------------------------------------------------
-@pytest.mark.parametrize("name", MEMORY_FUSIONS + ("bestow",))
+@pytest.mark.parametrize("name", MEMORY_FUSIONS + ("bestow", "gated_xattn_outputs"))
 def test_untrained_memory_fusion_gives_the_bare_llm(name):
     """Zero gates (Flamingo, MU-LLaMA) or zero residual outputs (BESTOW's stack): the untrained model is the text
     LLM exactly, a pretrained LLM keeps its own inputs. Training opens it: the gradient reaches the zeroed weights,
@@ -148,7 +150,7 @@ def test_untrained_memory_fusion_gives_the_bare_llm(name):
     got = llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels)
     assert torch.equal(got.logits, expected)
     got.loss.backward()
-    zeroed = [p for p_name, p in fusion.named_parameters() if "gate" in p_name or (p.dim() == 2 and not p.any())]
+    zeroed = [p for p_name, p in fusion.named_parameters() if not p.any() and ("gate" in p_name or p.dim() == 2)]
     assert zeroed and all(p.grad is not None and p.grad.abs().sum() > 0 for p in zeroed)
     open_up(fusion)
     fused = fusion.fuse(llm, ids, mask, clips([3, 40]), padding_side="left")
