@@ -93,8 +93,14 @@ NOTES = {
               "default init; dev CER 81% / 28% / 22% at steps 600 / 1200 / 1400, loss still falling: short of 15% "
               "within the budget",
     "audio-flamingo": "Flamingo's zero tanh gates hardly open from scratch (attention gates 0.01 and 0.03 at step "
-                      "1200): the LLM learns the text prior only; `fusion.zero_init=outputs` is the measured "
-                      "alternative (row audio-flamingo-outputs)",
+                      "1200); dev loss 0.57 / 0.51 / 0.52 and dev CER 112% / 108% / 104% at steps 600 / 1200 / "
+                      "1400: the text prior only. Not the gates alone: the variant below opens them and stays too",
+    "audio-flamingo-outputs": "`fusion.zero_init=outputs` (gates at 1, output projections at 0): no better at this "
+                              "budget. A CLAP family can learn (pengi at step 600, stopped: right lengths, some right "
+                              "digits, dev CER 93%); these need more steps than the budget or a fix not found yet",
+    "salmonn": "dev loss 0.51 / 0.48 and dev CER 100% / 95% at steps 600 / 1200: barely off the text prior. One "
+               "query per 17 Whisper frames (3 tokens/s, about one per digit word) learnt from scratch is the "
+               "bottleneck we suspect (untested); more steps or a denser window Q-Former next",
 }
 
 
@@ -111,15 +117,16 @@ def with_notes(table: str, notes: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def merge_tables(old: str, new: str) -> str:
+def merge_tables(old: str, new: str, notes: dict[str, str]) -> str:
     """The README's table with ``new``'s rows replacing or joining ``old``'s (keyed by run name), so families
-    benchmarked one invocation at a time share one table; rows from before the Notes column get an empty note."""
+    benchmarked one invocation at a time share one table; rows from before the Notes column get their note."""
     new_lines = new.strip().splitlines()
-    width = new_lines[0].count("|")
     rows = {}
     for line in old.strip().splitlines()[2:] + new_lines[2:]:
         if line.startswith("|"):
-            rows[line.split("|")[1].strip()] = line + " |" * (width - line.count("|"))
+            name = line.split("|")[1].strip()
+            missing = line.count("|") < new_lines[0].count("|")
+            rows[name] = line + f" {notes.get(family_of(name), '')} |" if missing else line
     return "\n".join(new_lines[:2] + [rows[k] for k in sorted(rows)]) + "\n"
 
 
@@ -174,7 +181,7 @@ def main() -> None:
     if args.readme is not None:
         text = args.readme.read_text(encoding="utf-8")
         start, end = text.index(README_START) + len(README_START), text.index(README_END)
-        args.readme.write_text(text[:start] + "\n" + merge_tables(text[start:end], table) + text[end:],
+        args.readme.write_text(text[:start] + "\n" + merge_tables(text[start:end], table, NOTES) + text[end:],
                                encoding="utf-8")
 
 

@@ -67,6 +67,6 @@ def test_the_architecture_table_merges_runs_benchmarked_one_at_a_time_and_notes_
     new = with_notes(head + "| bestow-lr0.001 | 1400 |\n| bestow-outputs-lr0.002 | 1400 |\n",
                      {"bestow": "short of 15%", "bestow-outputs": "a variant"})
     assert new.splitlines()[0] == "| Run | Steps | Notes |"
-    assert merge_tables(old, new).splitlines()[2:] == [
+    assert merge_tables(old, new, {"salm": "older recipe"}).splitlines()[2:] == [
         "| bestow-lr0.001 | 1400 | short of 15% |", "| bestow-outputs-lr0.002 | 1400 | a variant |",
-        "| salm-lr0.001 | 1600 | |"]
+        "| salm-lr0.001 | 1600 | older recipe |"]
