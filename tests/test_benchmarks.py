@@ -57,3 +57,16 @@ def test_the_architecture_benchmark_trains_every_family_in_full_with_one_recipe(
     for family in FAMILIES:
         card = slmzoo.load_card(family, preset="tiny", overrides=without_lora(family)[1::2])
         assert all(card.data[s].get("lora") is None for s in card.sections if isinstance(card.data.get(s), dict))
+
+
+def test_the_architecture_table_merges_runs_benchmarked_one_at_a_time_and_notes_each_family():
+    from benchmarks.bench_architectures import merge_tables, with_notes
+
+    head = "| Run | Steps |\n|---|---|\n"
+    old = "| Run | Steps |\n|---|---|\n| salm-lr0.001 | 1600 |\n| bestow-lr0.001 | 1600 |\n"
+    new = with_notes(head + "| bestow-lr0.001 | 1400 |\n| bestow-outputs-lr0.002 | 1400 |\n",
+                     {"bestow": "short of 15%", "bestow-outputs": "a variant"})
+    assert new.splitlines()[0] == "| Run | Steps | Notes |"
+    assert merge_tables(old, new, {"salm": "older recipe"}).splitlines()[2:] == [
+        "| bestow-lr0.001 | 1400 | short of 15% |", "| bestow-outputs-lr0.002 | 1400 | a variant |",
+        "| salm-lr0.001 | 1600 | older recipe |"]

@@ -15,9 +15,10 @@ CARDS = sorted(p.stem for p in (REPO / "cards").glob("*.yaml"))
 # cards (duplex_s2s) have tests of their own (tests/test_duplex.py).
 TEXT_CARDS = [n for n in CARDS if yaml.safe_load((REPO / "cards" / f"{n}.yaml").read_text(encoding="utf-8")).get(
     "architecture", "speechlm") == "speechlm"]
-# Fusions whose zero-initialised gates make the untrained model equal the text LLM: one step's gradient
-# reaches the gates (and the blocks' weights as exact zeros), but nothing upstream of the gates moves yet.
-ZERO_GATED = {"gated_xattn", "adapter_prompt"}
+# Fusions whose zero-initialised gates (or, for cross_attention, residual outputs) make the untrained model equal
+# the text LLM: one step's gradient reaches the gates (and the blocks' weights as exact zeros), but nothing upstream
+# of the gates moves yet.
+ZERO_GATED = {"gated_xattn", "adapter_prompt", "cross_attention"}
 # The survey systems the zoo covers (the issue's list); each needs its own card.
 EXPECTED = {"salm", "bestow", "salmonn", "qwen-audio", "qwen2-audio", "ltu", "ltu-as", "gama", "llasm", "speech-llama",
             "speechgpt", "voxtlm", "spirit-lm", "wavllm", "audio-flamingo", "llama3-speech", "audiochatllama",

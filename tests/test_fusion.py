@@ -28,6 +28,8 @@ FUSIONS = {
                specs.CrossAttentionOptions(num_heads=4, self_attention=True)),
     "gated_xattn": ("slmzoo_plugins.fusion.gated_xattn:GatedCrossAttentionFusion",
                     specs.GatedXAttnOptions(num_heads=4)),
+    "gated_xattn_outputs": ("slmzoo_plugins.fusion.gated_xattn:GatedCrossAttentionFusion",
+                            specs.GatedXAttnOptions(num_heads=4, zero_init="outputs")),
     "adapter_prompt": ("slmzoo_plugins.fusion.adapter_prompt:AdapterPromptFusion",
                        specs.AdapterPromptOptions(num_layers=1, prompt_length=4)),
 }
@@ -48,7 +50,7 @@ def make_llm(dtype=torch.float64):
 
 
 def make_fusion(name, llm, trained=True):
-    """A fusion on ``llm``; ``trained`` opens the zero-initialised gates so the audio matters."""
+    """A fusion on ``llm``; ``trained`` opens it (:func:`open_up`) so the audio matters."""
     import importlib
 
     path, options = FUSIONS[name]
@@ -56,11 +58,20 @@ def make_fusion(name, llm, trained=True):
     fusion = getattr(importlib.import_module(module), attr)(options, BuildContext(card=None, llm=llm))
     fusion.to(next(llm.parameters()).dtype).eval()
     if trained:
-        with torch.no_grad():
-            for param_name, param in fusion.named_parameters():
-                if "gate" in param_name:
-                    param.fill_(0.7)
+        open_up(fusion)
     return fusion
+
+
+def open_up(fusion):
+    """What training does to a fusion that starts as the text LLM: the tanh gates open, and the zero-initialised
+    residual outputs (cross-attention's ``o_proj`` and feed-forward's last Linear) get weights."""
+    g = torch.Generator().manual_seed(2)  # its own generator: the global draws of later tests stay the same
+    with torch.no_grad():
+        for param_name, param in fusion.named_parameters():
+            if "gate" in param_name:
+                param.fill_(0.7)
+            elif param.dim() == 2 and not param.any():
+                param.copy_(torch.randn(param.shape, generator=g, dtype=param.dtype) * 0.1)
 
 
 def text_batch(llm, prompts, side="right", responses=None):
@@ -126,19 +137,23 @@ def test_memory_fusions_remove_the_audio_tags(name):
     assert fusion.audio.memory.shape == (2, 5, 64) and fusion.audio.mask.sum(-1).tolist() == [3, 5]
 
 
-# -- the untrained gated fusions are the text LLM --------------------------------------------------
-@pytest.mark.parametrize("name", ["gated_xattn", "adapter_prompt"])
-def test_zero_gates_give_the_bare_llm(name):
+# -- the untrained memory fusions are the text LLM -------------------------------------------------
+@pytest.mark.parametrize("name", MEMORY_FUSIONS + ("bestow", "gated_xattn_outputs"))
+def test_untrained_memory_fusion_gives_the_bare_llm(name):
+    """Zero gates (Flamingo, MU-LLaMA) or zero residual outputs (BESTOW's stack): the untrained model is the text
+    LLM exactly, a pretrained LLM keeps its own inputs. Training opens it: the gradient reaches the zeroed weights,
+    and once they move the audio changes the output."""
     llm, fusion = fresh(name, trained=False)
-    ids, mask, _ = text_batch(llm, ["hi", "hello there"], side="left")
+    ids, mask, labels = text_batch(llm, ["hi", "hello there"], side="left", responses=["ab", "c"])
     expected = bare_logits(llm, ids, mask)
+    fused = fusion.fuse(llm, ids, mask, clips([3, 40]), labels=labels, padding_side="left")
+    got = llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels)
+    assert torch.equal(got.logits, expected)
+    got.loss.backward()
+    zeroed = [p for p_name, p in fusion.named_parameters() if not p.any() and ("gate" in p_name or p.dim() == 2)]
+    assert zeroed and all(p.grad is not None and p.grad.abs().sum() > 0 for p in zeroed)
+    open_up(fusion)
     fused = fusion.fuse(llm, ids, mask, clips([3, 40]), padding_side="left")
-    got = llm(fused.inputs_embeds, fused.attention_mask).logits
-    assert torch.equal(got, expected)
-    with torch.no_grad():  # and the gates do open: the audio changes the output
-        for p_name, p in fusion.named_parameters():
-            if "gate" in p_name:
-                p.fill_(0.7)
     assert not torch.allclose(llm(fused.inputs_embeds, fused.attention_mask).logits, expected)
 
 
@@ -167,13 +182,16 @@ def test_batch_composition_never_changes_an_output(name):
 
 
 # -- KV-cached generation --------------------------------------------------------------------------
-def greedy_without_cache(llm, fused, steps):
-    """Re-run the whole sequence for each new token: the reference for cached decoding. ``[B, steps, V]``."""
+def greedy_without_cache(llm, fused, steps, suppressed=None):
+    """Re-run the whole sequence for each new token: the reference for cached decoding. ``[B, steps, V]``.
+    ``suppressed [B, steps, V]``: tokens generate could not choose at each step (``min_new_tokens`` keeps the stop
+    tokens out); choosing one here would make the two decodings diverge after a near-win of a stop token."""
     embeds, mask, logits = fused.inputs_embeds, fused.attention_mask, []
-    for _ in range(steps):
+    for step in range(steps):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits.append(llm(embeds, mask, position_ids=positions).logits[:, -1])
-        token = logits[-1].argmax(-1, keepdim=True)
+        choice = logits[-1] if suppressed is None else logits[-1].masked_fill(suppressed[:, step], -torch.inf)
+        token = choice.argmax(-1, keepdim=True)
         embeds = torch.cat([embeds, llm.embed(token)], 1)  # through the fusion's hooks, as generate does
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
     return torch.stack(logits, 1)
@@ -233,9 +251,9 @@ def test_cached_generation_equals_a_loop_without_cache(name):
     fused = fusion.fuse(llm, ids, mask, clips([3, 9]), padding_side="left")
     cached = llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=6, min_new_tokens=6,
                           do_sample=False, output_logits=True, output_scores=True, return_dict_in_generate=True)
-    reference = greedy_without_cache(llm, fused, 6)
-    torch.testing.assert_close(torch.stack(cached.logits, 1).to(reference.dtype), reference, atol=1e-5, rtol=0)
     suppressed = torch.stack(cached.scores, 1).isinf()  # min_new_tokens: no stop token before the 6th
+    reference = greedy_without_cache(llm, fused, 6, suppressed)
+    torch.testing.assert_close(torch.stack(cached.logits, 1).to(reference.dtype), reference, atol=1e-5, rtol=0)
     assert cached.sequences.tolist() == reference.masked_fill(suppressed, -torch.inf).argmax(-1).tolist()
 
 

@@ -356,6 +356,11 @@ def test_ddp_looks_for_unused_parameters_only_when_layers_are_dropped():
     assert not skips_layers(slmzoo.build(slmzoo.load_card("ultravox", preset="tiny")))
     whisper = slmzoo.load_card("ultravox", preset="tiny", overrides=["encoder.config.encoder_layerdrop=0.2"])
     assert skips_layers(slmzoo.build(whisper))
+    # BEATs keeps its config as a plain dict (SALMONN's second encoder): read, not a TypeError from vars()
+    assert not skips_layers(slmzoo.build(slmzoo.load_card("salmonn", preset="tiny")))
+    beats_config = torch.nn.Module()
+    beats_config.config = {"layerdrop": 0.05}
+    assert skips_layers(beats_config)
 
 
 def test_train_init_starts_from_a_trained_model(corpus, tmp_path):

@@ -14,6 +14,12 @@ the digits corpus a tiny BESTOW stays far above a concatenation model with or wi
 WER, README benchmark.) With it, the hook keeps each
 block's self-attention inputs (:class:`TextContext`) so every generated token attends to the prompt and the
 tokens before it, as a full forward would; beam search, which reorders the rows, is not followed.
+
+Every block's residual outputs (the attentions' ``o_proj`` and the feed-forward's last Linear) start at zero, so
+the untrained stack is the identity on the token embeddings and the LLM starts from its own inputs. With
+PyTorch's default Linear init the residual updates are ~10x the embeddings (std 0.02 in a transformers LLM) and
+bury the text: a tiny BESTOW reached 38.4% test WER on the digits in 1600 steps that way, 23.2% in 1400 with the
+zero init (README benchmark).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class CrossAttentionBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attn = MemoryAttention(dim, num_heads)
         self.ffn = FeedForward(dim, ffn_mult)
+        for residual_output in [self.attn.o_proj, self.ffn.net[-1], *([self.self_attn.o_proj] if self_attention else [])]:
+            nn.init.zeros_(residual_output.weight)  # the block starts as the identity (module docstring)
 
     def forward(self, x, memory, memory_mask, past=None, text_mask=None):
         """``past [B, P, D]``: this block's self-attention inputs at the earlier text positions (cached decoding),

@@ -5,6 +5,11 @@ Each block adds ``tanh(gate) * update`` with the gates initialised to 0, so the 
 text LLM (exactly: the updates are multiplied by zero). The blocks run in forward pre-hooks on the
 LLM's layers and read the memory ``fuse`` set, so cached decoding attends to the audio at every step.
 The blocks are the fusion's parameters, never the LLM's: freezing the LLM leaves them trainable.
+
+``zero_init: outputs`` starts the gates at 1 (tanh 0.76) and the blocks' output projections (``attn.o_proj``, the
+feed-forward's last Linear) at zero instead: the untrained model is the text LLM just as exactly, but the first
+gradients reach whole matrices rather than one scalar per block. From scratch the scalar gates hardly move: a tiny
+Audio Flamingo's attention gates were at 0.01 and 0.03 after 1200 steps on the digits corpus (README benchmark).
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ class GatedCrossAttentionBlock(nn.Module):
     ``x [B, L, D]``, ``memory [B, M, D]``, ``memory_mask [B, M]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, ffn_mult: int):
+    def __init__(self, dim: int, num_heads: int, ffn_mult: int, zero_init: str = "gates"):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = MemoryAttention(dim, num_heads)
         self.ffn = FeedForward(dim, ffn_mult)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.ffn_gate = nn.Parameter(torch.zeros(1))
+        if zero_init == "outputs":  # the module docstring: the gates open, the outputs start at zero
+            nn.init.ones_(self.attn_gate), nn.init.ones_(self.ffn_gate)
+            nn.init.zeros_(self.attn.o_proj.weight), nn.init.zeros_(self.ffn.net[-1].weight)
 
     def forward(self, x, memory, memory_mask):
         x = x + self.attn_gate.tanh() * self.attn(self.norm(x), memory, memory_mask)
@@ -44,8 +52,8 @@ class GatedCrossAttentionFusion(Fusion):
         llm = context.llm
         layers = llm.decoder_layers()
         self.layer_ids = list(range(0, len(layers), options.every))
-        self.blocks = nn.ModuleList(GatedCrossAttentionBlock(llm.hidden_size, options.num_heads, options.ffn_mult)
-                                    for _ in self.layer_ids)
+        self.blocks = nn.ModuleList(GatedCrossAttentionBlock(llm.hidden_size, options.num_heads, options.ffn_mult,
+                                                             options.zero_init) for _ in self.layer_ids)
         self.to(llm.dtype)
         self.audio = AudioMemory()
         for block, i in zip(self.blocks, self.layer_ids):

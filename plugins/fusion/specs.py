@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from slmzoo import hookimpl
@@ -33,6 +35,9 @@ class GatedXAttnOptions(ComponentOptions):
     every: int = Field(1, ge=1, description="A gated block before every N-th LLM layer (layers 0, N, 2N, ...).")
     num_heads: int = Field(8, ge=1, description="Attention heads (must divide the LLM width).")
     ffn_mult: int = Field(4, ge=1, description="Feed-forward width as a multiple of the LLM width.")
+    zero_init: Literal["gates", "outputs"] = Field(
+        "gates", description="What starts at zero so the untrained model is the text LLM: the tanh gates (Flamingo), "
+                             "or the blocks' output projections with the gates at 1 (learns faster from scratch).")
 
 
 class TokenSpaceOptions(ComponentOptions):

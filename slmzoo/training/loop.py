@@ -77,8 +77,9 @@ def skips_layers(model: torch.nn.Module) -> bool:
     parameters without a gradient, and DDP must look for them (``find_unused_parameters``) or the ranks'
     all-reduces mismatch (gloo: "Received data size doesn't match expected size")."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}.values()
-    return any(isinstance(value, (int, float)) and value > 0 for config in configs
-               for key, value in vars(config).items() if key == "layerdrop" or key.endswith("_layerdrop"))
+    fields = (c if isinstance(c, dict) else vars(c) for c in configs)  # BEATs keeps its config as a dict
+    return any(isinstance(value, (int, float)) and value > 0 for config in fields
+               for key, value in config.items() if key == "layerdrop" or key.endswith("_layerdrop"))
 
 
 def validate(model, dataset, cuts: list, limit: int | None, batch_size: int = 32) -> dict:
