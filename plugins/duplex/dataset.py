@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from slmzoo.audio import resample
-from slmzoo.data.dataset import BadItem, load_waveform
-from slmzoo.data.issues import DataError
+from slmzoo.data.dataset import BadItem, good_examples, load_waveform
 from slmzoo_plugins.duplex.token_channel import TextChannelIds, build_token_channel, text_to_ids
 
 
@@ -71,20 +70,13 @@ class DuplexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item) -> dict[str, Any]:
         _index, cuts = item if isinstance(item, tuple) else (0, item)
-        sources, targets, tokens, texts, names, issues = [], [], [], [], [], []
-        for cut in cuts:
-            try:
-                source, target = load_waveform(cut, self.source_rate), load_target_audio(cut, self.target_rate)
-            except BadItem as bad:
-                if self.strict:
-                    raise DataError(f"{cut.id}: {bad.reason} (--strict stops at the first bad item)") from None
-                issues.append((cut.id, bad.reason, bad.kind))
-                continue
-            sources.append(source)
-            targets.append(target)
-            tokens.append(self.tokens(cut))
-            texts.append(agent_text(cut, self.settings.output_roles))
-            names.append(cut.id)
+        made, issues = good_examples(
+            cuts, lambda cut: (load_waveform(cut, self.source_rate), load_target_audio(cut, self.target_rate)),
+            self.strict)
+        sources, targets = [source for _, (source, _) in made], [target for _, (_, target) in made]
+        tokens = [self.tokens(cut) for cut, _ in made]
+        texts = [agent_text(cut, self.settings.output_roles) for cut, _ in made]
+        names = [cut.id for cut, _ in made]
         batch: dict[str, Any] = {"ids": names, "issues": issues, "target_texts": texts,
                                  "duration": sum(len(w) for w in sources) / self.source_rate}
         if not sources:

@@ -53,6 +53,20 @@ def prompt_and_response(cut) -> tuple[str | None, str | None, str]:
     return prompt, custom.get("task"), response
 
 
+def good_examples(cuts, make, strict: bool = False) -> tuple[list, list]:
+    """``[(cut, make(cut))]`` for every cut ``make`` turns into an example, and the others as ``(id, reason, kind)``
+    issues (with ``strict``, a :class:`DataError` at the first): one bad item never fails its batch."""
+    made, issues = [], []
+    for cut in cuts:
+        try:
+            made.append((cut, make(cut)))
+        except BadItem as bad:
+            if strict:
+                raise DataError(f"{cut.id}: {bad.reason} (--strict stops at the first bad item)") from None
+            issues.append((cut.id, bad.reason, bad.kind))
+    return made, issues
+
+
 class SpeechDataset(torch.utils.data.Dataset):
     """Map-style Lhotse dataset: ``dataset[(batch_index, cuts)]`` -> batch dict (see module doc)."""
 
@@ -70,18 +84,9 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __getitem__(self, item) -> dict[str, Any]:
         index, cuts = item if isinstance(item, tuple) else (0, item)
         rng = np.random.default_rng([self.seed, index])
-        waves, encoded, ids, issues = [], [], [], []
-        for cut in cuts:
-            try:
-                wave, enc = self._example(cut, rng, index)
-            except BadItem as bad:
-                if self.strict:
-                    raise DataError(f"{cut.id}: {bad.reason} (--strict stops at the first bad item)") from None
-                issues.append((cut.id, bad.reason, bad.kind))
-                continue
-            waves.append(wave)
-            encoded.append(enc)
-            ids.append(cut.id)
+        made, issues = good_examples(cuts, lambda cut: self._example(cut, rng, index), self.strict)
+        ids = [cut.id for cut, _ in made]
+        waves, encoded = [wave for _, (wave, _) in made], [enc for _, (_, enc) in made]
         batch: dict[str, Any] = {"ids": ids, "issues": issues, "duration": sum(len(w) for w in waves) / self.sampling_rate}
         if not waves:
             return batch
