@@ -143,10 +143,12 @@ def test_every_fusion_trains_and_generates_on_the_contract_alone(fusion, one_thr
     torch.manual_seed(0)
     model = slmzoo.build(tiny_card(fusion))
     assert type(model.llm).__name__ == "TinyLM"
-    with torch.no_grad():  # open zero-initialised gates so the audio matters
+    with torch.no_grad():  # open what starts closed (zero gates, zero residual outputs) so the audio matters
         for name, param in model.fusion.named_parameters():
             if "gate" in name:
                 param.fill_(0.5)
+            elif param.dim() > 1 and not param.any():
+                param.normal_(0.0, 0.02)
     batch = model.prepare_batch(waves(), ["say it", "say it again"], ["one two", "three"])
     out = model(batch)
     assert torch.isfinite(out.loss) and out.num_tokens > 0
