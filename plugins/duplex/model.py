@@ -158,12 +158,15 @@ class DuplexS2S(Architecture):
         return evaluate_duplex(self, cuts, batch_size, normalize, issues, asr)
 
     def decode_metrics(self, cuts: list, batch_size: int = 32) -> dict[str, float]:
-        """The agent text's corpus BLEU and exact-answer rate against the cuts' agent turns (Whisper-normalised)."""
-        from slmzoo_plugins.duplex.evaluation import score_texts, transcribe_duplex
+        """The agent text's corpus BLEU, exact conversations and right answers against the cuts' agent turns
+        (Whisper-normalised); an unreadable validation clip is skipped, as in training."""
+        from slmzoo.data import DataIssues
+        from slmzoo_plugins.duplex.evaluation import answer_accuracy, score_texts, transcribe_duplex
 
-        records = transcribe_duplex(self, cuts, batch_size, decode_audio=False)
+        records = transcribe_duplex(self, cuts, batch_size, decode_audio=False, issues=DataIssues())
         metrics = score_texts([r["reference"] for r in records], [r["text"] for r in records])
-        return {"val_text_bleu": metrics["bleu"], "val_text_exact": metrics["exact"]}
+        return {"val_text_bleu": metrics["bleu"], "val_text_exact": metrics["exact"],
+                "val_answers_right": answer_accuracy(records)}
 
     # -- inference -----------------------------------------------------------------------------------------
     @torch.no_grad()
