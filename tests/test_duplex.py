@@ -304,3 +304,11 @@ def test_eval_reports_text_and_spoken_answers_with_an_asr_model(tmp_path):
     text_only = CliRunner().invoke(app, ["eval", "salm", "--preset", "tiny", "--data", str(DUPLEX / "dev_cuts.jsonl"),
                                          "--limit", "1", "--asr", str(tmp_path / "asr")])
     assert text_only.exit_code == 2 and "generates text" in text_only.output
+
+
+def test_validation_skips_an_unreadable_clip(model):
+    good = eval_cuts(DUPLEX / "dev_cuts.jsonl")[0]
+    bad = eval_cuts(DUPLEX / "dev_cuts.jsonl")[1]
+    bad.recording.sources[0].source = str(DUPLEX / "audio" / "missing.flac")
+    metrics = model.decode_metrics([good, bad], batch_size=2)
+    assert set(metrics) == {"val_text_bleu", "val_text_exact", "val_answers_right"}
