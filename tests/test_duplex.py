@@ -115,6 +115,76 @@ def test_training_reaches_every_trainable_weight_and_never_the_codec(card, batch
     assert not missing, missing[:8]
 
 
+def test_user_transcript_ctc_trains_the_user_channel_when_asked(batch):
+    """``duplex.user_ctc_weight``: the user's turns (``source_ids``) as a CTC target on the perception output; off
+    by default (NeMo), and then the model has no such head."""
+    cuts = eval_cuts(DUPLEX / "dev_cuts.jsonl")[:3]
+    users = [" ".join(s.text for s in sorted(c.supervisions, key=lambda s: s.start) if s.speaker == "user")
+             for c in cuts]
+    torch.manual_seed(0)
+    plain = slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny"))
+    assert plain.user_ctc is None and "user_ctc_loss" not in plain(batch).losses
+    assert [plain.tokenizer.decode(ids[:n]) for ids, n in zip(batch["source_ids"], batch["source_id_lens"])] == users
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny", overrides=[
+        "duplex.user_ctc_weight=0.5", "encoder.config.layerdrop=0.0"])).train()
+    out = model(batch)
+    ctc = out.losses["user_ctc_loss"]
+    assert torch.isfinite(ctc) and ctc > 0
+    weights = model.settings
+    assert torch.allclose(out.loss, weights.text_loss_weight * out.losses["text_loss"]
+                          + weights.audio_loss_weight * out.losses["audio_loss"] + 0.5 * ctc)
+    ctc.backward()  # the transcript reaches the encoder on its own, not only through the agent's answers
+    assert model.encoder.parameters().__next__().grad is not None
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("llm."))
+
+
+def test_turns_command_cuts_a_channel_into_its_turns(tmp_path):
+    from typer.testing import CliRunner
+
+    from slmzoo.cli.main import app
+    from slmzoo_plugins.duplex.dataset import load_target_audio
+
+    out = tmp_path / "turns.jsonl"
+    result = CliRunner().invoke(app, ["duplex", "turns", str(DUPLEX / "dev_cuts.jsonl"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    turns = eval_cuts(out)
+    cuts = {c.id: c for c in eval_cuts(DUPLEX / "dev_cuts.jsonl")}
+    answers = [s for c in cuts.values() for s in c.supervisions if s.speaker == "assistant"]
+    assert len(turns) == len(answers) == 64  # the README's dev split
+    turn = max(turns, key=lambda t: t.duration)
+    source = cuts[turn.id.rsplit("_turn_", 1)[0]]
+    reference = next(s for s in source.supervisions if s.id == turn.id)
+    assert turn.supervisions[0].text == reference.text and turn.recording.sampling_rate == 22050
+    assert abs(turn.duration - (reference.duration + 0.1)) < 1e-6  # 50 ms margins
+    # the agent's speech of that turn, not the silent user channel
+    wave = turn.load_audio()[0]
+    full = load_target_audio(source, 22050)
+    begin = round((reference.start - 0.05) * 22050)
+    assert abs(len(wave) - round(turn.duration * 22050)) <= 1
+    assert torch.allclose(torch.from_numpy(wave[:1000]), torch.from_numpy(full[begin : begin + 1000]), atol=1e-4)
+    bad = CliRunner().invoke(app, ["duplex", "turns", str(DUPLEX / "dev_cuts.jsonl"), "--out", str(out),
+                                   "--channel", "both"])
+    assert bad.exit_code == 2 and "agent or user" in bad.output
+
+
+def test_words_command_saves_one_token_per_corpus_word(tmp_path):
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from slmzoo.cli.main import app
+
+    result = CliRunner().invoke(app, ["duplex", "words", str(DUPLEX / "dev_cuts.jsonl"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    for cut in eval_cuts(DUPLEX / "dev_cuts.jsonl")[:10]:
+        for turn in cut.supervisions:
+            ids = tokenizer(turn.text, add_special_tokens=False)["input_ids"]
+            assert len(ids) == len(turn.text.split()) and tokenizer.unk_token_id not in ids
+            assert tokenizer.decode(ids) == turn.text
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
+
+
 def test_cached_frame_loop_equals_a_full_forward(model):
     """Each greedy step with the KV cache predicts what a teacher-forced pass over the generated channels does."""
     waves = [speechlike(1.3, 0), speechlike(0.9, 1)]

@@ -8,6 +8,8 @@ duration, time-aligned), one supervision per turn with its ``speaker``. The batc
                                                                no longer resamples recordings in ``custom``)
     target_tokens [B, T], target_token_lens [B]                the agent's text channel, one id per frame
     target_texts                                               the agent's turns joined: BLEU references
+    source_ids [B, L], source_id_lens [B]                      the user's turns as token ids (NeMo builds them too,
+                                                               unused; here the target of ``duplex.user_ctc_weight``)
 
 plus ``ids``, ``duration`` and ``issues`` like every slmzoo batch.
 """
@@ -42,8 +44,17 @@ def load_target_audio(cut, sampling_rate: int) -> np.ndarray:
     return resample(wave, recording.sampling_rate, sampling_rate)
 
 
-def agent_text(cut, roles) -> str:
-    return " ".join(s.text for s in cut.supervisions if s.speaker in roles and s.text)
+def spoken_text(cut, roles) -> str:
+    """The turns of ``roles`` in time order, joined."""
+    return " ".join(s.text for s in sorted(cut.supervisions, key=lambda s: s.start) if s.speaker in roles and s.text)
+
+
+def pad_ids(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    ids = torch.full((len(rows), max(int(lengths.max()), 1)), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids, lengths
 
 
 def pad_waves(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +86,7 @@ class DuplexDataset(torch.utils.data.Dataset):
             self.strict)
         sources, targets = [source for _, (source, _) in made], [target for _, (_, target) in made]
         tokens = [self.tokens(cut) for cut, _ in made]
-        texts = [agent_text(cut, self.settings.output_roles) for cut, _ in made]
+        texts = [spoken_text(cut, self.settings.output_roles) for cut, _ in made]
         names = [cut.id for cut, _ in made]
         batch: dict[str, Any] = {"ids": names, "issues": issues, "target_texts": texts,
                                  "duration": sum(len(w) for w in sources) / self.source_rate}
@@ -83,9 +94,7 @@ class DuplexDataset(torch.utils.data.Dataset):
             return batch
         batch["audio"], batch["audio_lens"] = pad_waves(sources)
         batch["target_audio"], batch["target_audio_lens"] = pad_waves(targets)
-        token_lens = torch.tensor([len(t) for t in tokens], dtype=torch.long)
-        channel = torch.full((len(tokens), int(token_lens.max())), self.ids.pad, dtype=torch.long)
-        for i, row in enumerate(tokens):
-            channel[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        batch["target_tokens"], batch["target_token_lens"] = channel, token_lens
+        batch["target_tokens"], batch["target_token_lens"] = pad_ids(tokens, self.ids.pad)
+        sources_text = [self.to_ids(spoken_text(cut, self.settings.input_roles)) for cut, _ in made]
+        batch["source_ids"], batch["source_id_lens"] = pad_ids(sources_text, self.ids.pad)
         return batch

@@ -41,6 +41,8 @@ class FrameInputs:
     text_labels: torch.Tensor  # [B, T-1]
     audio_labels: torch.Tensor  # [B, T-1, K]
     lengths: torch.Tensor  # [B] valid positions (valid frames - 1)
+    user: torch.Tensor | None = None  # [B, T_user, H] the user channel as the LLM reads it (unscaled)
+    user_lengths: torch.Tensor | None = None  # [B]
 
 
 @dataclass
@@ -75,6 +77,9 @@ class DuplexS2S(Architecture):
         self.text_ids = text_channel_ids(self.tokenizer, self.settings)
         self.vocabulary = self.speech_head.vocabulary
         self.codec.requires_grad_(False)
+        # The auxiliary transcript head of the user channel (``duplex.user_ctc_weight``): blank is the last class.
+        self.user_ctc = (torch.nn.Linear(self.llm.hidden_size, len(self.tokenizer) + 1)
+                         if self.settings.user_ctc_weight > 0 else None)
 
     # -- the three streams -----------------------------------------------------------------------------
     def perceive(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +123,8 @@ class DuplexS2S(Architecture):
         embeds = self.frame_embeddings(text[:, :-1], delayed[:, :-1])
         embeds = embeds + self.settings.user_channel_weight * user[:, : frames - 1].to(embeds.dtype)
         return FrameInputs(embeds=embeds, audio_in=delayed[:, :-1], text_labels=text[:, 1:],
-                           audio_labels=delayed[:, 1:], lengths=lengths.clamp(min=0))
+                           audio_labels=delayed[:, 1:], lengths=lengths.clamp(min=0), user=user,
+                           user_lengths=user_lengths)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         inputs = self.prepare_inputs(batch)
@@ -126,7 +132,20 @@ class DuplexS2S(Architecture):
         hidden, _ = self.llm.hidden_states(inputs.embeds, mask)
         text_logits = self.llm.head(hidden).float()
         audio_logits = self.speech_head(hidden, inputs.audio_in).float()
-        return self.loss(text_logits, audio_logits, inputs)
+        output = self.loss(text_logits, audio_logits, inputs)
+        if self.user_ctc is not None:
+            ctc = self.user_ctc_loss(inputs.user, inputs.user_lengths, batch["source_ids"], batch["source_id_lens"])
+            output.loss = output.loss + self.settings.user_ctc_weight * ctc
+            output.losses["user_ctc_loss"] = ctc
+        return output
+
+    def user_ctc_loss(self, user: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                      target_lengths: torch.Tensor) -> torch.Tensor:
+        """CTC of the user's transcript ``targets [B, L]`` on the user channel ``user [B, T, H]``, per transcript
+        token, batch mean (the stand-in for the ASR pretraining of NeMo's encoder)."""
+        log_probs = self.user_ctc(user).float().log_softmax(-1)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lengths,
+                          blank=self.user_ctc.out_features - 1, zero_infinity=True)
 
     def loss(self, text_logits: torch.Tensor, audio_logits: torch.Tensor, inputs: FrameInputs) -> ModelOutput:
         """``text_logits [B, T, V]``, ``audio_logits [B, T, K, V']`` -> NeMo's weighted, frame-normalised loss."""

@@ -75,6 +75,10 @@ class DuplexSettings(BaseModel):
                               "(and divides by the valid frames only).")
     user_channel_weight: float = Field(1.0, description="Scale of the user's encoder frames in the LLM input "
                                        "(NeMo's duplex_user_channel_weight).")
+    user_ctc_weight: float = Field(0.0, ge=0, description="Weight of an auxiliary CTC loss of the user's "
+                                   "transcript on the user channel as the LLM reads it (0: off, as NeMo, whose "
+                                   "encoder comes pretrained on ASR; a from-scratch encoder learns what the user "
+                                   "says from it far sooner than from the agent's answers alone).")
     frame_length: float = Field(0.08, gt=0, description="Seconds per frame: the encoder, text and codec clock.")
     input_roles: list[str] = Field(default_factory=lambda: ["user", "User"], description="Speakers of the user.")
     output_roles: list[str] = Field(default_factory=lambda: ["agent", "Assistant", "assistant"],
@@ -126,8 +130,10 @@ DUPLEX_S2S_SPEECH_DECODER = ArchitectureSpec(
 @hookimpl
 def slmzoo_register_commands(register):
     from slmzoo_plugins.duplex.codec_cli import codec_app
+    from slmzoo_plugins.duplex.duplex_cli import duplex_app
 
     register("codec", codec_app, help="Speech codecs: fit a codebook on a corpus.")
+    register("duplex", duplex_app, help="Duplex corpora: cut a channel into its turns; a word-level tokenizer.")
 
 
 @hookimpl

@@ -34,7 +34,8 @@ from slmzoo_plugins.encoders.hf_loading import build_hf_model, feature_settings,
 from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.nemo_checkpoint import is_nemo_file, read_nemo_config, read_nemo_encoder_state
 from slmzoo_plugins.encoders.ssl import SSLEncoder
-from slmzoo_plugins.encoders.streaming import ChannelLayerNorm, limit_context, make_convolutions_causal
+from slmzoo_plugins.encoders.streaming import (ChannelLayerNorm, limit_context, make_convolutions_causal,
+                                                 make_subsampling_causal)
 from slmzoo_plugins.encoders.waveforms import check_waveforms
 
 LOG_ZERO_GUARD = 2**-24  # ParakeetFeatureExtractor: LOG_ZERO_GUARD_VALUE
@@ -143,6 +144,8 @@ class FastConformerEncoder(Encoder):
             self.model = build_hf_model(ParakeetEncoder, ParakeetEncoderConfig, pretrained=options.pretrained,
                                         config=options.config, context=context, sub_config="encoder_config")
             saved = feature_settings(options.pretrained, options.feature_extractor, FEATURE_KEYS, context)
+        if options.causal_downsampling:
+            make_subsampling_causal(self.model)
         if options.pretrained is None:  # random weights, to be trained: see the module docstring
             init_subsampling(self.model.subsampling, self.model.input_scale)
         config = self.model.config

@@ -108,6 +108,9 @@ class ConformerOptions(SSLOptions):
         "frames, each seeing left // (right+1) chunks before it; left -1: all); default: full context.")
     causal_convolutions: bool = Field(
         False, description="Streaming: the depthwise convolutions see no future frame (NeMo conv_context_size: causal).")
+    causal_downsampling: bool = Field(
+        False, description="Streaming: the subsampling convs see no feature frame past their stride (NeMo "
+        "causal_downsampling; padded kernel-1 before, stride-1 after, on time and frequency); random builds only.")
     conv_norm: Literal["batchnorm", "layernorm"] = Field(
         "batchnorm", description="fastconformer: the conv module's norm; layernorm is NeMo's conv_norm_type "
         "layer_norm (the streaming encoders').")
@@ -118,8 +121,11 @@ class ConformerOptions(SSLOptions):
             raise OptionsRuleError("encoder", "normalize", "set for variant fastconformer, but normalize applies to "
                                    "variant wav2vec2_conformer only (fastconformer normalises its log-mel features "
                                    "per clip as its feature extractor does)")
-        streaming = [k for k in ("att_context_size", "causal_convolutions", "conv_norm")
+        streaming = [k for k in ("att_context_size", "causal_convolutions", "causal_downsampling", "conv_norm")
                      if k in self.model_fields_set and getattr(self, k) not in (None, False, "batchnorm")]
+        if self.causal_downsampling and self.pretrained is not None:
+            raise OptionsRuleError("encoder", "causal_downsampling", "reshapes the subsampling of a random build; a "
+                                   "pretrained checkpoint's subsampling is symmetric (set pretrained: null)")
         if self.variant == "wav2vec2_conformer" and streaming:
             raise OptionsRuleError("encoder", streaming[0], "applies to variant fastconformer only")
         if self.att_context_size is not None and self.att_context_size[1] < 0:

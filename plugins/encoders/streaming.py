@@ -53,3 +53,45 @@ def limit_context(mask: torch.Tensor, att_context_size) -> torch.Tensor:
         return mask
     left, right = att_context_size
     return mask & chunked_limited_mask(mask.shape[-1], left, right, mask.device)
+
+
+class CausalStridedConv2d(nn.Conv2d):
+    """NeMo's ``CausalConv2D``: ``kernel - 1`` frames of padding before and ``stride - 1`` after, on both axes, so
+    a subsampled frame reads no feature frame after its own stride (NeMo ``causal_downsampling: true``)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        before, after = self.kernel_size[0] - 1, self.stride[0] - 1
+        return self._conv_forward(nn.functional.pad(hidden, (before, after, before, after)), self.weight, self.bias)
+
+
+def causal_strided_length(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Frames out of one causal strided conv (NeMo ``calc_length`` with ``kernel - 1 + stride - 1`` padding)."""
+    return torch.div(lengths + stride - 2, stride, rounding_mode="floor") + 1
+
+
+def make_subsampling_causal(encoder) -> None:
+    """Turn the strided convs of a ``ParakeetEncoder``'s depthwise-striding subsampling causal, with its length
+    arithmetic and its output Linear (the frequency axis is padded too: 80 mel bins -> 11 at 8x, not 10)."""
+    subsampling, config = encoder.subsampling, encoder.config
+    strided = [m for m in subsampling.layers if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    for conv in strided:
+        conv.__class__ = CausalStridedConv2d
+        conv.padding = (0, 0)
+    kernel, stride = config.subsampling_conv_kernel_size, config.subsampling_conv_stride
+
+    def conv_length(lengths, conv):  # the subsampling's own per-conv mask arithmetic
+        return causal_strided_length(lengths, kernel, stride) if conv in strided else lengths
+
+    def subsampled_length(lengths):  # ParakeetEncoder's: used for its attention mask and by the encoder
+        for _ in strided:
+            lengths = causal_strided_length(lengths, kernel, stride)
+        return lengths.to(torch.int)
+
+    subsampling._get_output_length = conv_length  # instance attributes: the class methods assume symmetric padding
+    encoder._get_subsampling_output_length = subsampled_length
+    bins = torch.tensor(config.num_mel_bins)
+    for _ in strided:
+        bins = causal_strided_length(bins, kernel, stride)
+    linear = subsampling.linear
+    subsampling.linear = nn.Linear(subsampling.channels * int(bins), linear.out_features, bias=True,
+                                   device=linear.weight.device, dtype=linear.weight.dtype)
