@@ -65,7 +65,8 @@ class SpeechLM(Architecture):
             fused.labels = labels
         else:
             fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
-        out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
+        with self.llm.with_audio(self.rows_with_audio(batch)):
+            out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
         loss, aux_loss = out.loss, adapted.aux_loss
         if labels is not None and len(embeds) == labels.shape[0]:
             extra_loss = self.adapter.auxiliary_loss(self._response_ids(labels))
@@ -114,8 +115,9 @@ class SpeechLM(Architecture):
         fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
         generation_kwargs.setdefault("do_sample", False)
         try:
-            ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
-                                    **fused.extra, **generation_kwargs)
+            with self.llm.with_audio(self.rows_with_audio(batch)):
+                ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
+                                        **fused.extra, **generation_kwargs)
         finally:
             self.fusion.release()  # a later bare LLM call must not still see this batch's audio
         return ids
@@ -138,11 +140,17 @@ class SpeechLM(Architecture):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
         fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
-        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask)
+        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask,
+                                         with_audio=self.rows_with_audio(batch))
         tags = ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).sum(-1).tolist()
         clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags)
         decoding.audio_tokens = torch.stack([c.sum() for c in clip_tokens])
         return decoding
+
+    def rows_with_audio(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B]`` bool: the rows whose prompt holds an audio tag (a text-only row runs the LLM without an
+        ``audio_only`` LoRA)."""
+        return ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).any(-1)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.processor.decode(ids)

@@ -187,6 +187,62 @@ def test_granite_speech_release_with_its_lora_imports_and_matches_transformers(t
     assert max(generated) == NEW_TOKENS
 
 
+def test_granite_speech_lora_is_active_only_with_audio(tmp_path, monkeypatch):
+    """As released: transformers loads the adapter through peft and enables it only when given audio. In one batch
+    with an audio row, a text-only row gets the base LLM's logits and greedy tokens (generate, and the step-wise
+    decoding serve uses), the audio row the LoRA'd ones."""
+    import transformers as tf
+    import transformers.integrations.peft as hf_peft
+
+    # transformers' adapter switches want peft >= 0.22 (0.21 here, the newest installable) but only check the
+    # version: what they call, BaseTunerLayer.enable_adapters, is 0.21's own.
+    monkeypatch.setattr(hf_peft, "check_peft_version", lambda min_version: None)
+    folder, _, tokenizer = granite_speech_release(tmp_path / "release")
+    reference = tf.GraniteSpeechForConditionalGeneration.from_pretrained(folder).eval()  # peft loads the adapter
+    assert reference.peft_config
+    model = import_checkpoint(folder)
+    assert model.card.data["llm"]["lora"]["audio_only"] is True
+    mels = {k: v for k, v in GRANITE_MELS.items() if k != "sample_rate"}
+    processor = tf.GraniteSpeechProcessor(audio_processor=granite_feature_extractor(monkeypatch, **mels),
+                                          tokenizer=tokenizer)
+    clip, instructions = _clips()[0], ["Describe it.", "can you transcribe the speech into a written format?"]
+    audio = [[], clip]  # row 0: text only
+    batch = model.prepare_batch(audio, prompts=instructions)
+    with torch.no_grad():
+        logits = model(batch).logits
+    ours_new = model.generate_ids(audio, prompts=instructions, max_new_tokens=NEW_TOKENS)
+    stepwise = model.prefill(audio, prompts=instructions)
+    scale = reference.config.text_config.logits_scaling
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": instructions[0]}], add_generation_prompt=True,
+                                         tokenize=False)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    assert batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist() == ids[0].tolist()
+    with torch.no_grad():
+        reference.disable_adapters()
+        base = reference(input_ids=ids).logits[0] / scale
+        reference.enable_adapters()
+        lora = reference(input_ids=ids).logits[0] / scale
+        theirs = reference.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, do_sample=False)[0, ids.shape[1]:]
+    assert not torch.allclose(base, lora, atol=1e-3)  # the LoRA matters on this prompt
+    torch.testing.assert_close(logits[0, : len(base)], base, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stepwise.logits[0], base[-1], atol=1e-4, rtol=1e-4)
+    assert ours_new[0].tolist()[: len(theirs)] == theirs.tolist()
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "<|audio|>" + instructions[1]}],
+                                         add_generation_prompt=True, tokenize=False)
+    inputs = {k: v for k, v in processor(text=text, audio=[clip], return_tensors="pt").items()
+              if k != "audio_embed_sizes"}
+    with torch.no_grad():
+        reference.enable_adapters()  # what its generate does given audio (the text-only generate turned them off)
+        expected = reference(**inputs).logits[0] / scale
+        theirs = reference.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
+    torch.testing.assert_close(logits[1, : len(expected)], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stepwise.logits[1], expected[-1], atol=1e-4, rtol=1e-4)
+    theirs = theirs[inputs["input_ids"].shape[1]:].tolist()
+    assert ours_new[1].tolist()[: len(theirs)] == theirs
+
+
 # -- Audio Flamingo 3 -------------------------------------------------------------------------------------
 def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
     """A 45 s clip: two 30 s windows, each with its own features, as AudioFlamingo3Processor cuts it."""

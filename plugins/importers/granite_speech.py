@@ -7,8 +7,9 @@ without ``lm_head`` is complete). The prompt is the release tokenizer's own chat
 prompt included), the audio tag ``<|audio|>``.
 
 The LoRA ships beside the weights (``adapter_config.json`` + ``adapter_model.safetensors``, peft's files): it
-becomes the card's ``llm.lora`` and its tensors load into the peft-wrapped LLM as saved (unmerged). transformers
-enables it only when ``generate`` is given audio; every slmzoo request carries audio, so it is always on here.
+becomes the card's ``llm.lora`` and its tensors load into the peft-wrapped LLM as saved (unmerged). As transformers
+enables it only when it is given audio (``enable_adapters`` / ``disable_adapters`` in ``generate``), it is
+``audio_only``: rows whose prompt has no audio run the plain Granite LLM.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class GraniteSpeechImporter(TransformersAudioImporter):
             return None
         targets = self.lora.get("target_modules") or []
         return {"r": self.lora["r"], "alpha": self.lora["lora_alpha"], "dropout": self.lora.get("lora_dropout", 0.0),
-                "target_modules": sorted(targets) if isinstance(targets, list) else [targets]}
+                "target_modules": sorted(targets) if isinstance(targets, list) else [targets], "audio_only": True}
 
     def check(self, model) -> None:
         self.check_audio_token(model, self.config.get("audio_token_index", self.config.get("audio_token_id")))
