@@ -264,6 +264,29 @@ def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
     assert max(generated) == NEW_TOKENS
 
 
+def test_audio_flamingo_3_cuts_audio_at_its_processors_max_audio_len(tmp_path, caplog):
+    """AudioFlamingo3Processor truncates audio past ``max_audio_len`` (600 s by default, 60 s in this release's
+    processor_config.json): a 70 s clip is encoded as its first two windows, with a warning, as the reference."""
+    folder, reference, processor = audio_flamingo_3_release(tmp_path / "release", max_audio_len=60)
+    model = import_checkpoint(folder)
+    assert model.card.data["encoder"]["max_windows"] == 2
+    assert slmzoo.load_card("audio-flamingo-3").data["encoder"]["max_windows"] == 20  # the processor's 600 s
+    long_clip = torch.randn(70 * 16000, generator=torch.Generator().manual_seed(3)) * 0.1
+    clips, instructions = [_clips()[1], long_clip], ["Describe it.", "Transcribe the input speech."]
+
+    def inputs_of(i):
+        chat = [{"role": "user", "content": [{"type": "audio", "path": "clip.wav"},
+                                             {"type": "text", "text": instructions[i]}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()])
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    with caplog.at_level("WARNING", logger="slmzoo.encoders"):
+        counts, _ = assert_matches_reference(model, reference, inputs_of, clips, instructions)
+    assert counts == [16, 1500]  # 60 s of the 70 s clip, 25 per second
+    assert "a clip of 70.0 s exceeds 60 s" in caplog.text
+
+
 # -- canary-qwen (NeMo SALM): a synthetic checkpoint, no runnable reference offline ------------------------------
 def test_canary_qwen_synthetic_checkpoint_imports_as_nemo_salm_computes_it(tmp_path):
     """NeMo's names and config layout (read from NeMo's code) load strictly into the salm card; the logits and greedy

@@ -55,6 +55,11 @@ class WhisperOptions(EncoderOptions):
         "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower); "
         "'windows' cuts the clip into 30 s pieces first, each with its own log-mel (Audio Flamingo 3's processor).",
     )
+    max_windows: int | None = Field(
+        None, ge=1, description="With long_clips split or windows: at most this many 30 s windows per clip; a longer "
+        "clip is cut there, with a warning (Audio Flamingo 3's processor: 20, its max_audio_len of 600 s). "
+        "null: no limit.",
+    )
 
     @model_validator(mode="after")
     def _window_options_need_the_window(self):
@@ -63,7 +68,7 @@ class WhisperOptions(EncoderOptions):
         if self.window_attention_mask:
             raise OptionsRuleError("encoder", "window_attention_mask", "applies with pad_to_window: true (variable "
                                    "length always masks padding)")
-        for key, default in (("window_output", "clip"), ("long_clips", "cut")):
+        for key, default in (("window_output", "clip"), ("long_clips", "cut"), ("max_windows", None)):
             value = getattr(self, key)
             if value != default:
                 raise OptionsRuleError("encoder", key, f"{value!r} applies with pad_to_window: true (add encoder."

@@ -99,16 +99,18 @@ class TransformersAudioImporter(Importer):
                 return json.loads(text)["chat_template"] if name.endswith(".json") else text
         return None
 
+    def processor_settings(self) -> dict[str, Any]:
+        """The processor's own settings (``processor_config.json``: AF3's ``max_audio_len``, ...), if it has any."""
+        file = self.folder / PROCESSOR_FILE
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
     def preprocessor(self) -> dict[str, Any]:
         """The feature extractor's settings: ``preprocessor_config.json`` (the Hub's releases), or the
         ``feature_extractor`` of ``processor_config.json`` (what transformers 5 writes)."""
         file = self.folder / PREPROCESSOR_FILE
         if file.is_file():
             return json.loads(file.read_text(encoding="utf-8"))
-        file = self.folder / PROCESSOR_FILE
-        if file.is_file():
-            return json.loads(file.read_text(encoding="utf-8")).get("feature_extractor", {})
-        return {}
+        return self.processor_settings().get("feature_extractor", {})
 
     def check_whisper_features(self, num_mel_bins: int) -> None:
         """The release's WhisperFeatureExtractor settings are those the whisper encoder computes (it computes its
