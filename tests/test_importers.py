@@ -31,6 +31,7 @@ from tests.releases import (
     weight_names,
 )
 from tests.test_granite_encoder import granite_feature_extractor
+from tests.test_hub import hub  # noqa: F401 (the fixture: a Hub on 127.0.0.1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -362,6 +363,43 @@ def test_ultravox_synthetic_release_takes_the_llm_from_its_text_model_id(tmp_pat
             fused = torch.cat([rows[:tag], embeds[i], rows[tag + 1:]])[None]
             expected = llm(inputs_embeds=fused).logits[0]
             torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-4, rtol=1e-4)
+
+
+# -- backbones named by Hub id (NeMo's pretrained_llm, Ultravox's text_model_id) -----------------------------------
+def _hub_id_instead(hub, folder, key: str, llm_folder, repo_id: str) -> None:
+    """``llm_folder`` uploaded to the test Hub as ``repo_id`` and deleted here; the release's ``config.json`` names
+    ``repo_id`` under ``key``, as the released files do."""
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id)
+    api.upload_folder(folder_path=llm_folder, repo_id=repo_id, commit_message="the LLM")
+    shutil.rmtree(llm_folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: repo_id}))
+
+
+def test_pretrained_llm_and_text_model_id_given_as_hub_ids_are_fetched(hub, tmp_path):
+    """canary-qwen's ``pretrained_llm`` (config and tokenizer only) and Ultravox's ``text_model_id`` (weights too)
+    resolve through the huggingface_hub cache: the imports equal those from local folders."""
+    clips, prompts = _clips(), ["Describe it.", None]
+    for make, key, repo_id in ((canary_qwen_release, "pretrained_llm", "org/tiny-qwen3"),
+                               (ultravox_release, "text_model_id", "org/tiny-llama")):
+        name = make.__name__
+        local = import_checkpoint(make(tmp_path / name / "local", tmp_path / name / "llm")[0])
+        folder, _ = make(tmp_path / name / "release", tmp_path / name / "llm2")
+        _hub_id_instead(hub, folder, key, tmp_path / name / "llm2", repo_id)
+        fetched = import_checkpoint(folder)
+        batch = local.prepare_batch(clips, prompts=prompts)
+        assert torch.equal(fetched.prepare_batch(clips, prompts=prompts)["input_ids"], batch["input_ids"])
+        with torch.no_grad():
+            torch.testing.assert_close(fetched(batch).logits, local(batch).logits, atol=0, rtol=0)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "text_model_id": "org/missing"}))
+    with pytest.raises(ReleaseError, match="text_model_id 'org/missing': org/missing: no such repository"):
+        import_checkpoint(folder)
 
 
 # -- the way back out ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Ultravox v0.5 / v0.6 (fixie-ai, ``UltravoxModel``, remote code) -> the ``ultravox`` card.
 
 The release holds the audio tower and the projector; the LLM (and, before v0.5, the Whisper encoder) come from the
-ids its config names, ``text_model_id`` (``audio_model_id``), loaded by the card's own ``pretrained``:
+ids its config names, ``text_model_id`` (``audio_model_id``), loaded by the card's own ``pretrained`` (a Hub id is
+fetched through the huggingface_hub cache first):
 
 - ``audio_tower.*`` (Ultravox's ModifiedWhisperEncoder, variable length, padding masked) -> the whisper encoder;
 - ``multi_modal_projector.{ln_pre, linear_1, ln_mid, linear_2}`` -> the ``stack`` adapter (``stack_factor`` frames,
@@ -46,15 +47,22 @@ class UltravoxImporter(Importer):
         return ("llm",) if self.has_audio_tower() else ("llm", "encoder")
 
     def tokenizer_dir(self):
-        from pathlib import Path
+        return self.text_model()
 
-        return Path(self.text_model())
+    def text_model(self):
+        """``text_model_id`` (a Hub id, as Ultravox writes it, or a folder) as a local folder, weights included:
+        the release does not hold the LLM."""
+        if getattr(self, "_text_model", None) is None:
+            from slmzoo.hub.sources import HubError, named_backbone
 
-    def text_model(self) -> str:
-        source = self.config.get("text_model_id")
-        if not source:
-            raise self.fail("config.json names no text_model_id (the LLM Ultravox runs on)")
-        return source
+            source = self.config.get("text_model_id")
+            if not source:
+                raise self.fail("config.json names no text_model_id (the LLM Ultravox runs on)")
+            try:
+                self._text_model = named_backbone(source)
+            except HubError as error:
+                raise self.fail(f"config.json text_model_id {source!r}: {error}") from None
+        return self._text_model
 
     def card_blocks(self) -> dict[str, dict[str, Any]]:
         from transformers import WhisperConfig
@@ -76,6 +84,6 @@ class UltravoxImporter(Importer):
             encoder.update(pretrained=self.config.get("audio_model_id"), config=None)
         return {"encoder": encoder,
                 "adapter": {"k": self.config.get("stack_factor", 8), "hidden_dim": hidden},
-                "llm": {"pretrained": self.text_model(), "tokenizer": None, "config": None,
+                "llm": {"pretrained": str(self.text_model()), "tokenizer": None, "config": None,
                         "dtype": text.get("dtype") or text.get("torch_dtype") or "bfloat16"},
                 "prompt": {"chat_template": None, "system": None}}
