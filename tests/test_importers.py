@@ -38,6 +38,13 @@ runner = CliRunner()
 NEW_TOKENS = 32
 
 
+def weight_names_of(folder) -> set[str]:
+    """The tensor names of a saved checkpoint (one file or shards)."""
+    from slmzoo.saving import read_weights
+
+    return set(read_weights(folder))
+
+
 def _clips() -> list[torch.Tensor]:
     # 1 s and 0.62 s: 9970 samples is where a floor of samples / hop would lose a mel frame the mask counts.
     generator = torch.Generator().manual_seed(1)
@@ -429,6 +436,45 @@ def test_export_to_transformers_loads_in_its_class_and_decodes_the_same(tmp_path
     assert result.exit_code == 2 and "encoder.pool is 1 (the reference computes 2)" in result.output
     result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "nemo", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown format" in result.output
+
+
+def _exported(tmp_path, card: str, *overrides: str):
+    """The card's tiny preset (random, saved and loaded again, as a trained model is) and its export to transformers
+    through the CLI: ``(model, export folder)``."""
+    torch.manual_seed(3)
+    slmzoo.build(slmzoo.load_card(card, preset="tiny", overrides=list(overrides))).save_pretrained(tmp_path / "ours")
+    ours = slmzoo.from_pretrained(tmp_path / "ours")
+    result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "transformers", "--out",
+                                 str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    return ours, tmp_path / "hf"
+
+
+def test_audio_flamingo_3_export_loads_in_its_class_and_processor(tmp_path):
+    """The export's chat template renders content lists (audio, text) as the card renders its prompts; a 45 s clip
+    in two windows; the card's 10 minute cap becomes the processor's max_audio_len."""
+    import transformers as tf
+
+    ours, hf = _exported(tmp_path, "audio-flamingo-3")
+    assert "language_model.model.norm.weight" in weight_names_of(hf)  # the Hub's names
+    reference = tf.AudioFlamingo3ForConditionalGeneration.from_pretrained(hf).eval()
+    processor = tf.AudioFlamingo3Processor.from_pretrained(hf)
+    assert processor.max_audio_len == 600
+    long_clip = torch.randn(45 * 16000, generator=torch.Generator().manual_seed(2)) * 0.1
+    clips, instructions = [*_clips(), long_clip], ["Transcribe the input speech.", "Describe it.", "Describe it."]
+
+    def inputs_of(i):
+        chat = [{"role": "user", "content": [{"type": "text", "text": instructions[i]},
+                                             {"type": "audio", "path": "clip.wav"}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()])
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    counts, generated = assert_matches_reference(ours, reference, inputs_of, clips, instructions)
+    assert counts == [25, 16, 1125]
+    result = runner.invoke(app, ["export", "audio-flamingo-3", "--preset", "tiny", "--set", "encoder.max_windows=null",
+                                 "--to", "transformers", "--out", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "set encoder.max_windows" in result.output
 
 
 # -- a third party's importer ---------------------------------------------------------------------------------

@@ -13,13 +13,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from slmzoo_plugins.importers.transformers_audio import PROCESSOR_FILE, TransformersAudioImporter
+from slmzoo_plugins.importers.transformers_audio import (
+    PROCESSOR_FILE,
+    ExportError,
+    ExportsToTransformers,
+    TransformersAudioImporter,
+    audio_encoder_fields,
+    export_chat_template,
+)
 
 #: AudioFlamingo3Processor's default ``max_audio_len`` (seconds): longer audio is truncated.
 MAX_AUDIO_LEN = 600
 
 
-class AudioFlamingo3Importer(TransformersAudioImporter):
+class AudioFlamingo3Importer(ExportsToTransformers, TransformersAudioImporter):
+    reference_class = "AudioFlamingo3ForConditionalGeneration"
+    export_requires = {"encoder": {"type": "whisper", "pad_to_window": True, "window_attention_mask": True,
+                                   "pool": 2, "long_clips": "windows", "window_output": "clip", "layer": "last"},
+                       "adapter": {"type": "mlp", "activation": "gelu", "num_layers": 2},
+                       "fusion": {"type": "concat"}}
     rules = (("model.audio_tower.", "encoder.encoder."), ("model.multi_modal_projector.linear_1.", "adapter.mlp.0."),
              ("model.multi_modal_projector.linear_2.", "adapter.mlp.2."), ("model.language_model.", "llm.model.model."),
              ("lm_head.", "llm.model.lm_head."))
@@ -51,3 +63,31 @@ class AudioFlamingo3Importer(TransformersAudioImporter):
     def check(self, model) -> None:
         self.check_whisper_features(model.encoder.config.num_mel_bins)
         self.check_audio_token(model, self.config.get("audio_token_id"))
+
+    # -- export ---------------------------------------------------------------------------------------------
+    @classmethod
+    def reference_config(cls, model):
+        from transformers import AudioFlamingo3Config
+
+        from slmzoo.components import config_fields
+
+        return AudioFlamingo3Config(audio_config=audio_encoder_fields(model.encoder.config),
+                                    text_config=config_fields(model.llm.config), audio_token_id=model.audio_token_id,
+                                    projector_hidden_act="gelu", projector_bias=True)
+
+    @classmethod
+    def save_processor_files(cls, model, out) -> None:
+        """AudioFlamingo3Processor's files: the Whisper features, the tokenizer, a chat template rendering the card's
+        prompts from content lists, and the card's cap as ``max_audio_len``."""
+        from transformers import AudioFlamingo3Processor, WhisperFeatureExtractor
+
+        windows = model.encoder.max_windows
+        if windows is None:
+            raise ExportError(f"{model.card.name}: AudioFlamingo3Processor always caps audio (max_audio_len); set "
+                              "encoder.max_windows (the audio-flamingo-3 card's 20: 600 s)")
+        extractor = WhisperFeatureExtractor(feature_size=model.encoder.config.num_mel_bins, return_attention_mask=True)
+        AudioFlamingo3Processor(feature_extractor=extractor, tokenizer=model.tokenizer,
+                                chat_template=export_chat_template(model), audio_token=model.processor.audio_tag,
+                                default_transcription_prompt=model.processor.prompt.tasks.get(
+                                    "asr", "Transcribe the input speech."),
+                                max_audio_len=windows * model.encoder.window_samples // 16000).save_pretrained(out)
