@@ -46,7 +46,11 @@ class SpeechLM(Architecture):
     # -- the pipeline ------------------------------------------------------------------------------
     def encode_audio(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
         """``audio [N, S]``, ``audio_lens [N]`` -> one ``[T_i, D]`` tensor of valid embeddings per clip
-        (``[T_i]`` unit ids for a token-mapping adapter: the fusion embeds them)."""
+        (``[T_i]`` unit ids for a token-mapping adapter: the fusion embeds them). No clips (text-only prompts): none."""
+        if audio.shape[0] == 0:
+            from slmzoo.components import AdapterOutput
+
+            return [], AdapterOutput(embeds=None, lengths=audio_lens)
         encoded = self.encoder(audio, audio_lens)
         adapted = self.adapter(encoded.hidden, encoded.lengths)
         rows = adapted.units if adapted.embeds is None else adapted.embeds

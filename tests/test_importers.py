@@ -438,11 +438,14 @@ def test_export_to_transformers_loads_in_its_class_and_decodes_the_same(tmp_path
     assert result.exit_code == 2 and "unknown format" in result.output
 
 
-def _exported(tmp_path, card: str, *overrides: str):
-    """The card's tiny preset (random, saved and loaded again, as a trained model is) and its export to transformers
-    through the CLI: ``(model, export folder)``."""
+def _exported(tmp_path, card: str, *overrides: str, trained=None):
+    """The card's tiny preset (random, saved and loaded again, as a trained model is; ``trained(model)`` changes it
+    first) and its export to transformers through the CLI: ``(model, export folder)``."""
     torch.manual_seed(3)
-    slmzoo.build(slmzoo.load_card(card, preset="tiny", overrides=list(overrides))).save_pretrained(tmp_path / "ours")
+    model = slmzoo.build(slmzoo.load_card(card, preset="tiny", overrides=list(overrides)))
+    if trained is not None:
+        trained(model)
+    model.save_pretrained(tmp_path / "ours")
     ours = slmzoo.from_pretrained(tmp_path / "ours")
     result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "transformers", "--out",
                                  str(tmp_path / "hf")])
@@ -475,6 +478,48 @@ def test_audio_flamingo_3_export_loads_in_its_class_and_processor(tmp_path):
     result = runner.invoke(app, ["export", "audio-flamingo-3", "--preset", "tiny", "--set", "encoder.max_windows=null",
                                  "--to", "transformers", "--out", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "set encoder.max_windows" in result.output
+
+
+def test_granite_speech_export_loads_with_its_lora_active_only_with_audio(tmp_path, monkeypatch):
+    """The audio-only LoRA goes out as the release ships it (peft's adapter files beside the base weights, which
+    transformers loads and enables only with audio); the tokenizer's chat template renders the card's prompts."""
+    import transformers as tf
+    import transformers.integrations.peft as hf_peft
+
+    monkeypatch.setattr(hf_peft, "check_peft_version", lambda min_version: None)  # as in the import test above
+
+    def trained(model):  # peft starts lora_B at zero: a LoRA that changes nothing would prove nothing
+        for name, tensor in model.state_dict().items():
+            if "lora_B" in name:
+                tensor.normal_(0, 0.1)
+
+    ours, hf = _exported(tmp_path, "granite-speech", trained=trained)
+    assert (hf / "adapter_config.json").is_file() and "language_model.model.norm.weight" in weight_names_of(hf)
+    granite_feature_extractor(monkeypatch)  # torchaudio's MelSpectrogram transcribed, for from_pretrained below
+    reference = tf.GraniteSpeechForConditionalGeneration.from_pretrained(hf).eval()
+    processor = tf.GraniteSpeechProcessor.from_pretrained(hf)
+    tokenizer = processor.tokenizer
+    clips, instructions = _clips(), ["can you transcribe the speech into a written format?", "Describe it."]
+
+    def inputs_of(i):
+        reference.enable_adapters()  # a text-only generate below turns them off; generate with audio turns them on
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "<|audio|>" + instructions[i]}],
+                                             add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=text, audio=[clips[i]], return_tensors="pt")
+        return {k: v for k, v in inputs.items() if k != "audio_embed_sizes"}
+
+    scale = reference.config.text_config.logits_scaling
+    assert_matches_reference(ours, reference, inputs_of, clips, instructions, logits_scale=scale)
+    ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "Describe it."}], tokenize=False,
+                                                  add_generation_prompt=True), return_tensors="pt").input_ids
+    theirs = reference.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, do_sample=False)[0, ids.shape[1]:]
+    with torch.no_grad():
+        base = reference(input_ids=ids).logits[0] / scale  # generate left the adapters off: text only
+        batch = ours.prepare_batch([[]], prompts=["Describe it."])
+        torch.testing.assert_close(ours(batch).logits[0], base, atol=1e-4, rtol=1e-4)
+    assert batch["input_ids"][0].tolist() == ids[0].tolist()
+    assert ours.generate_ids([[]], prompts=["Describe it."], max_new_tokens=NEW_TOKENS)[0].tolist()[
+        : len(theirs)] == theirs.tolist()
 
 
 # -- a third party's importer ---------------------------------------------------------------------------------
