@@ -134,15 +134,13 @@ def test_import_writes_a_standalone_model_that_loads_the_same(tmp_path):
 
 
 # -- Voxtral -----------------------------------------------------------------------------------------------
-def test_voxtral_release_imports_and_matches_transformers_and_mistral_common(tmp_path):
-    """mistral-common tokenizes (chat and transcription requests), VoxtralProcessor makes the features; a 45 s
-    clip spans two 30 s windows."""
+def voxtral_requests(tmp_path, processor):
+    """Three clips as 16-bit wavs (1 s, 0.62 s, 45 s), their instructions (the last the card's asr task,
+    ``lang:en[TRANSCRIBE]``), and ``i -> VoxtralProcessor's inputs`` (mistral-common's chat and transcription
+    requests)."""
     import soundfile as sf
 
-    folder, reference, processor = voxtral_release(tmp_path / "release", layout="v5")
-    model = import_checkpoint(folder)
-    generator = torch.Generator().manual_seed(2)
-    long_clip = torch.randn(45 * 16000, generator=generator) * 0.1
+    long_clip = torch.randn(45 * 16000, generator=torch.Generator().manual_seed(2)) * 0.1
     paths = []
     # 16-bit wavs: mistral-common hands the processor its audio as 16-bit PCM (a float file would be quantised on
     # its side only), so both sides read the same samples.
@@ -157,6 +155,16 @@ def test_voxtral_release_imports_and_matches_transformers_and_mistral_common(tmp
         chat = [{"role": "user", "content": [{"type": "audio", "path": paths[i]},
                                              {"type": "text", "text": instructions[i]}]}]
         return dict(processor.apply_chat_template(chat))
+
+    return paths, instructions, inputs_of
+
+
+def test_voxtral_release_imports_and_matches_transformers_and_mistral_common(tmp_path):
+    """mistral-common tokenizes (chat and transcription requests), VoxtralProcessor makes the features; a 45 s
+    clip spans two 30 s windows."""
+    folder, reference, processor = voxtral_release(tmp_path / "release", layout="v5")
+    model = import_checkpoint(folder)
+    paths, instructions, inputs_of = voxtral_requests(tmp_path, processor)
 
     counts, generated = assert_matches_reference(model, reference, inputs_of, paths, instructions)
     assert counts == [375, 375, 750]  # 375 per 30 s window, encoded silence included
@@ -520,6 +528,34 @@ def test_granite_speech_export_loads_with_its_lora_active_only_with_audio(tmp_pa
     assert batch["input_ids"][0].tolist() == ids[0].tolist()
     assert ours.generate_ids([[]], prompts=["Describe it."], max_new_tokens=NEW_TOKENS)[0].tolist()[
         : len(theirs)] == theirs.tolist()
+
+
+def test_voxtral_export_loads_in_its_class_with_a_tekken_json_for_mistral_common(tmp_path):
+    """An imported Voxtral, saved as slmzoo saves a fine-tune, exported: VoxtralProcessor over mistral-common reads
+    the tekken.json written from the model's tokenizer, and gives the same prompts (chat and transcription),
+    logits and greedy tokens. The tiny card's byte tokenizer and llama2 prompt are refused: mistral-common cannot
+    tokenize as they do."""
+    import transformers as tf
+
+    folder, _, _ = voxtral_release(tmp_path / "release")
+    import_checkpoint(folder).save_pretrained(tmp_path / "ours")
+    ours = slmzoo.from_pretrained(tmp_path / "ours")
+    result = runner.invoke(app, ["export", str(tmp_path / "ours"), "--to", "transformers", "--out",
+                                 str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    hf = tmp_path / "hf"
+    assert (hf / "tekken.json").is_file() and not (hf / "tokenizer.json").exists()
+    assert "language_model.model.norm.weight" in weight_names_of(hf)
+    assert json.loads((hf / "tekken.json").read_text())["vocab"] == json.loads(
+        (folder / "tekken.json").read_text())["vocab"]  # the release's BPE ranks, as it shipped them
+    reference = tf.VoxtralForConditionalGeneration.from_pretrained(hf).eval()
+    processor = tf.VoxtralProcessor.from_pretrained(hf)
+    paths, instructions, inputs_of = voxtral_requests(tmp_path, processor)
+    counts, generated = assert_matches_reference(ours, reference, inputs_of, paths, instructions)
+    assert counts == [375, 375, 750] and max(generated) == NEW_TOKENS
+    result = runner.invoke(app, ["export", "voxtral", "--preset", "tiny", "--to", "transformers", "--out",
+                                 str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "mistral-common" in result.output
 
 
 # -- a third party's importer ---------------------------------------------------------------------------------
