@@ -365,7 +365,7 @@ def test_ultravox_synthetic_release_takes_the_llm_from_its_text_model_id(tmp_pat
         hidden = model.encoder(batch["audio"], batch["audio_lens"])
         p = parts["projector"]
         for i, clip in enumerate(clips):
-            assert len(embeds[i]) == -(-(len(clip) // 160) // 16)  # Ultravox's ceil(mel frames / (2 * 8))
+            assert len(embeds[i]) == -(-(-(-len(clip) // 160)) // 16)  # Ultravox's ceil(mel frames / (2 * 8))
             frames = hidden.hidden[i, : int(hidden.lengths[i])]
             frames = torch.nn.functional.pad(frames, (0, 0, 0, -len(frames) % 8)).reshape(-1, 8 * 32)
             x = torch.nn.functional.rms_norm(frames, (256,), p["ln_pre.weight"], eps=1e-6) @ p["linear_1.weight"].T
@@ -378,6 +378,39 @@ def test_ultravox_synthetic_release_takes_the_llm_from_its_text_model_id(tmp_pat
             fused = torch.cat([rows[:tag], embeds[i], rows[tag + 1:]])[None]
             expected = llm(inputs_embeds=fused).logits[0]
             torch.testing.assert_close(logits[i, : len(expected)], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_ultravox_features_are_its_processors_for_a_prompts_clip(tmp_path):
+    """UltravoxProcessor's WhisperFeatureExtractor call (padding="longest", pad_to_multiple_of=160, over one prompt's
+    clips): a prompt's only clip gets the same features and mel-frame count here, whatever it is batched with. Two
+    clips in one prompt are padded to the longer by Ultravox: the shorter one's last frame, whose STFT window reaches
+    past its hops, sees zeros instead of its reflection (documented in the card); the others are equal."""
+    import transformers as tf
+
+    folder, _ = ultravox_release(tmp_path / "release", tmp_path / "llama")
+    model = import_checkpoint(folder)
+    assert model.card.data["encoder"]["pad_to_hop"] is True
+    extractor = tf.WhisperFeatureExtractor(feature_size=128)
+    # 16000 and 10070 samples, 100 and 63 frames: the short clip ends 10 samples before its last hop, so its last
+    # frame's window reaches 40 samples past the hop, into its reflection (alone) or into zeros (padded with another).
+    clips = [_clips()[0], torch.randn(10070, generator=torch.Generator().manual_seed(4)) * 0.1]
+
+    def ultravox(audios):  # what UltravoxProcessor hands the model for one prompt's clips
+        x = extractor([a.numpy() for a in audios], sampling_rate=16000, padding="longest", pad_to_multiple_of=160,
+                      truncation=False, return_attention_mask=True, return_tensors="pt")
+        return x.input_features, x.attention_mask.sum(-1)
+
+    batch = model.prepare_batch(clips, prompts=["Describe it.", "Describe it."])
+    features, lengths = model.encoder.features(batch["audio"], batch["audio_lens"])
+    for i, clip in enumerate(clips):
+        theirs, count = ultravox([clip])
+        assert int(lengths[i]) == int(count[0]) == -(-len(clip) // 160)
+        torch.testing.assert_close(features[i, :, : int(count[0])], theirs[0], atol=1e-5, rtol=1e-5)
+    together, counts = ultravox(clips)  # one prompt with both clips
+    assert counts.tolist() == lengths.tolist()
+    short = int(counts[1])
+    torch.testing.assert_close(features[1, :, : short - 1], together[1, :, : short - 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(features[1, :, short - 1], together[1, :, short - 1], atol=1e-3)
 
 
 # -- backbones named by Hub id (NeMo's pretrained_llm, Ultravox's text_model_id) -----------------------------------

@@ -36,6 +36,11 @@ class WhisperOptions(EncoderOptions):
     pad_to_window: bool = Field(
         False, description="Pad every clip to the 30 s window exactly as the original; default is variable length."
     )
+    pad_to_hop: bool = Field(
+        False, description="Variable length: each clip zero-padded to a multiple of the 160-sample hop before its "
+        "log-mel, ceil(len / 160) frames (Ultravox's processor: pad_to_multiple_of=160); default: floor(len / 160) "
+        "frames of the clip's own samples.",
+    )
     window_attention_mask: bool = Field(
         False, description="With pad_to_window: mask the padded positions out of attention (Qwen2-Audio's audio "
         "tower); the original Whisper attends to them.",
@@ -64,6 +69,8 @@ class WhisperOptions(EncoderOptions):
     @model_validator(mode="after")
     def _window_options_need_the_window(self):
         if self.pad_to_window:
+            if self.pad_to_hop:
+                raise OptionsRuleError("encoder", "pad_to_hop", "applies to variable length (pad_to_window: false)")
             return self
         if self.window_attention_mask:
             raise OptionsRuleError("encoder", "window_attention_mask", "applies with pad_to_window: true (variable "

@@ -108,7 +108,7 @@ class WhisperEncoder(Encoder):
         self.pad_to_window = options.pad_to_window
         self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
         self.window_output, self.long_clips = options.window_output, options.long_clips
-        self.max_windows = options.max_windows
+        self.max_windows, self.pad_to_hop = options.max_windows, options.pad_to_hop
         # One output frame: a mel frame (one conv frame) or, pooled, `pool` conv frames (2 * pool - 1 mel frames).
         self.min_samples = max(MIN_SAMPLES, (2 * self.pool - 1) * HOP_LENGTH)
         self.output_dim = config.d_model
@@ -157,7 +157,8 @@ class WhisperEncoder(Encoder):
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``audio [B, S]`` -> log-mel ``[B, n_mels, F]`` float32 and frame lengths ``[B]``.
 
-        Variable length: each clip on its own samples (``F = max(len // 160)``, zeros past a clip's frames).
+        Variable length: each clip on its own samples (``F = max(len // 160)``, zeros past a clip's frames); with
+        ``pad_to_hop`` zero-padded to whole hops first (``F = max(ceil(len / 160))``).
         ``pad_to_window``: each clip padded or cut to 30 s, ``F = 3000``; with ``long_clips: split`` padded to its
         ``n = windows(len)`` windows, ``F = 3000 * max(n)``, a clip's features over its own ``3000 * n`` frames
         (the feature extractor with ``pad_to_multiple_of=480000``, as Voxtral's processor calls it).
@@ -181,12 +182,15 @@ class WhisperEncoder(Encoder):
             for b, n in enumerate(span.tolist()):
                 mels[b, :, : n // HOP_LENGTH] = log_mel(padded[b, :n], filters)
             return mels, mel_lengths
-        mel_lengths = lengths // HOP_LENGTH
-        mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(mel_lengths.max()), dtype=torch.float32)
-        for b, n in enumerate(lengths.tolist()):
-            mel = log_mel(audio[b, :n], filters)
+        hops = -(-lengths // HOP_LENGTH) if self.pad_to_hop else lengths // HOP_LENGTH
+        mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(hops.max()), dtype=torch.float32)
+        for b, (n, frames) in enumerate(zip(lengths.tolist(), hops.tolist())):
+            clip = audio[b, :n]
+            if self.pad_to_hop:  # zeros up to the next hop, written here whatever the caller padded with
+                clip = nn.functional.pad(clip, (0, frames * HOP_LENGTH - n))
+            mel = log_mel(clip, filters)
             mels[b, :, : mel.shape[-1]] = mel
-        return mels, mel_lengths
+        return mels, hops
 
     def _window_features(self, padded: torch.Tensor, span: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         """``padded [B, S]`` (each clip zero-padded to its ``span [B]`` of whole windows) -> the log-mel of each 30 s

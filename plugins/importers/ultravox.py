@@ -12,9 +12,15 @@ fetched through the huggingface_hub cache first):
   gives the same sequence as the card's audio tag replaced by the clip.
 
 Read from fixie-ai/ultravox's code, not from released files: the config keys (``text_model_id``,
-``audio_model_id``, ``stack_factor``, ``projector_act``, ``projector_ln_mid``) and the tensor names. Ultravox's
-processor pads the batch to its longest clip before the log-mel (``pad_to_multiple_of=160``), this encoder computes
-each clip on its own samples: the last frames may differ slightly. No runnable reference offline (remote code).
+``audio_model_id``, ``stack_factor``, ``projector_act``, ``projector_ln_mid``) and the tensor names. No runnable
+reference offline (remote code; transformers 5 has no Ultravox class, so there is no export either).
+
+Features: Ultravox's processor runs WhisperFeatureExtractor with ``padding="longest", pad_to_multiple_of=160`` over
+the clips of one prompt (it takes one text at a time; a training batch collates prompts processed one by one). A
+prompt's only clip is zero-padded to whole hops: ``pad_to_hop`` computes exactly that, ``ceil(samples / 160)``
+frames. When one prompt holds several clips the processor pads them to the longest, so a shorter clip's last STFT
+frames see zeros where they would see the clip's reflection alone; this encoder keeps each clip's features its own
+(an output never depends on what it is batched with), which differs there, in the last frame of such a clip.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ class UltravoxImporter(Importer):
                             "v0.5's (swiglu, ln_mid); v0.4's ln_post is not mapped")
         text = self.config.get("text_config") or {}
         hidden = self.config.get("hidden_size", 4096)
-        encoder: dict[str, Any] = {"pretrained": None, "pad_to_window": False}
+        encoder: dict[str, Any] = {"pretrained": None, "pad_to_window": False, "pad_to_hop": True}
         if self.has_audio_tower():
             tower = WhisperConfig(**{k: v for k, v in (self.config.get("audio_config") or {}).items()
                                      if k not in ("architectures", "model_type", "_name_or_path")})
