@@ -260,6 +260,19 @@ def test_granite_speech_lora_is_active_only_with_audio(tmp_path, monkeypatch):
 
 
 # -- Audio Flamingo 3 -------------------------------------------------------------------------------------
+def audio_flamingo_3_inputs(processor, clips, instructions, audio_first: bool = True):
+    """``i -> AudioFlamingo3Processor's inputs`` for clip ``i`` and its instruction, through its chat template (the
+    audio item before or after the text)."""
+    def inputs_of(i):
+        content = [{"type": "audio", "path": "clip.wav"}, {"type": "text", "text": instructions[i]}]
+        chat = [{"role": "user", "content": content if audio_first else content[::-1]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], audio=[clips[i].numpy()])
+        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
+
+    return inputs_of
+
+
 def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
     """A 45 s clip: two 30 s windows, each with its own features, as AudioFlamingo3Processor cuts it."""
     folder, reference, processor = audio_flamingo_3_release(tmp_path / "release")
@@ -268,13 +281,7 @@ def test_audio_flamingo_3_release_imports_and_matches_transformers(tmp_path):
     long_clip[35 * 16000 : 36 * 16000] *= 4  # the loudest second in the second window: per-window clamps matter
     clips, instructions = [*_clips(), long_clip], ["Transcribe the input speech.", "Describe it.", "Describe it."]
 
-    def inputs_of(i):
-        chat = [{"role": "user", "content": [{"type": "audio", "path": "clip.wav"},
-                                             {"type": "text", "text": instructions[i]}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], audio=[clips[i].numpy()])
-        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
-
+    inputs_of = audio_flamingo_3_inputs(processor, clips, instructions)
     counts, generated = assert_matches_reference(model, reference, inputs_of, clips, instructions)
     assert counts == [25, 16, 1125]  # 25 per second, the windows' frames concatenated
     assert max(generated) == NEW_TOKENS
@@ -290,13 +297,7 @@ def test_audio_flamingo_3_cuts_audio_at_its_processors_max_audio_len(tmp_path, c
     long_clip = torch.randn(70 * 16000, generator=torch.Generator().manual_seed(3)) * 0.1
     clips, instructions = [_clips()[1], long_clip], ["Describe it.", "Transcribe the input speech."]
 
-    def inputs_of(i):
-        chat = [{"role": "user", "content": [{"type": "audio", "path": "clip.wav"},
-                                             {"type": "text", "text": instructions[i]}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], audio=[clips[i].numpy()])
-        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
-
+    inputs_of = audio_flamingo_3_inputs(processor, clips, instructions)
     with caplog.at_level("WARNING", logger="slmzoo.encoders"):
         counts, _ = assert_matches_reference(model, reference, inputs_of, clips, instructions)
     assert counts == [16, 1500]  # 60 s of the 70 s clip, 25 per second
@@ -507,13 +508,7 @@ def test_audio_flamingo_3_export_loads_in_its_class_and_processor(tmp_path):
     long_clip = torch.randn(45 * 16000, generator=torch.Generator().manual_seed(2)) * 0.1
     clips, instructions = [*_clips(), long_clip], ["Transcribe the input speech.", "Describe it.", "Describe it."]
 
-    def inputs_of(i):
-        chat = [{"role": "user", "content": [{"type": "text", "text": instructions[i]},
-                                             {"type": "audio", "path": "clip.wav"}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], audio=[clips[i].numpy()])
-        return {k: v for k, v in inputs.items() if k != "num_audio_tokens"}
-
+    inputs_of = audio_flamingo_3_inputs(processor, clips, instructions, audio_first=False)
     counts, generated = assert_matches_reference(ours, reference, inputs_of, clips, instructions)
     assert counts == [25, 16, 1125]
     result = runner.invoke(app, ["export", "audio-flamingo-3", "--preset", "tiny", "--set", "encoder.max_windows=null",
