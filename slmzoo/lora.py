@@ -61,7 +61,7 @@ def add_lora(module, lora: LoraOptions, where: str):
 class RowGate:
     """Turns a peft module's LoRA on for some rows of a batch and off for the others (``audio_only``): a forward hook
     on every ``lora_B`` multiplies the LoRA branch's output ``[B, ..., D]`` by the row's 0 or 1. peft's own mixed
-    batches (``adapter_names``) refuse training mode; this works in both. Outside :meth:`rows` the LoRA is off."""
+    batches (``adapter_names``) refuse training mode; this works in both. Before any :meth:`rows` the LoRA is off."""
 
     def __init__(self, module):
         from peft.tuners.lora import LoraLayer
@@ -80,9 +80,13 @@ class RowGate:
 
     @contextmanager
     def rows(self, active):
-        """``active [B]`` (bool): the rows the LoRA applies to while the block runs."""
+        """``active [B]`` (bool): the rows the LoRA applies to while the block runs. With autograd on they stay set
+        after it, until the next block: gradient checkpointing recomputes the forward during ``backward``."""
+        import torch
+
         previous, self.active = self.active, active
         try:
             yield
         finally:
-            self.active = previous
+            if not torch.is_grad_enabled():
+                self.active = previous

@@ -259,6 +259,31 @@ def test_granite_speech_lora_is_active_only_with_audio(tmp_path, monkeypatch):
     assert ours_new[1].tolist()[: len(theirs)] == theirs
 
 
+def test_an_audio_only_lora_trains_on_audio_rows_only_with_gradient_checkpointing_too():
+    """Training: the LoRA's gradients come from the rows with audio (a text-only batch gives none), and are the same
+    with gradient checkpointing, whose recomputation in backward runs after the forward has returned."""
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card("granite-speech", preset="tiny"))
+    for name, tensor in model.state_dict().items():
+        if "lora_B" in name:
+            tensor.normal_(0, 0.1)
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+    def gradients(audio, prompts):
+        model.zero_grad()
+        model(model.prepare_batch(audio, prompts, ["one two", "three"])).loss.backward()
+        return {n: p.grad.clone() for n, p in lora.items()}
+
+    clip = _clips()[0]
+    mixed = gradients([[], clip], ["Say one two.", "Describe it."])
+    assert all(g.abs().sum() > 0 for g in mixed.values())
+    text_only = gradients([[], []], ["Say one two.", "Describe it."])
+    assert all(g.abs().sum() == 0 for g in text_only.values())
+    assert model.enable_gradient_checkpointing() == ["llm"]
+    for name, gradient in gradients([[], clip], ["Say one two.", "Describe it."]).items():
+        torch.testing.assert_close(gradient, mixed[name], atol=1e-6, rtol=1e-5)
+
+
 # -- Audio Flamingo 3 -------------------------------------------------------------------------------------
 def audio_flamingo_3_inputs(processor, clips, instructions, audio_first: bool = True):
     """``i -> AudioFlamingo3Processor's inputs`` for clip ``i`` and its instruction, through its chat template (the
