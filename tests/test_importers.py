@@ -258,6 +258,24 @@ def test_granite_speech_lora_is_active_only_with_audio(tmp_path, monkeypatch):
     theirs = theirs[inputs["input_ids"].shape[1]:].tolist()
     assert ours_new[1].tolist()[: len(theirs)] == theirs
 
+    # serve's continuous batching: the rows prefilled apart, joined, decoded step by step, the text-only row left
+    # out halfway: each keeps its own LoRA switch
+    from slmzoo.decoding import DecodingBatch
+
+    alone = [model.prefill(audio[i : i + 1], instructions[i : i + 1]) for i in range(2)]  # checked above
+    rows = DecodingBatch.concat([model.prefill(audio[:1], instructions[:1]), model.prefill(audio[1:], instructions[1:])])
+    assert rows.with_audio.tolist() == [False, True]
+    for step in range(8):
+        if step == 4:
+            rows.select([1])
+            alone = alone[1:]
+            assert rows.with_audio.tolist() == [True]
+        tokens = rows.logits.argmax(-1)
+        for i, row in enumerate(alone):
+            torch.testing.assert_close(rows.logits[i], row.logits[0], atol=1e-4, rtol=1e-4)
+            row.step(model.llm, tokens[i : i + 1])
+        rows.step(model.llm, tokens)
+
 
 def test_an_audio_only_lora_trains_on_audio_rows_only_with_gradient_checkpointing_too():
     """Training: the LoRA's gradients come from the rows with audio (a text-only batch gives none), and are the same
