@@ -146,15 +146,19 @@ class SpeechLM(Architecture):
         fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
         decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask,
                                          with_audio=self.rows_with_audio(batch))
-        tags = ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).sum(-1).tolist()
+        tags = self.audio_tags(batch).tolist()
         clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags)
         decoding.audio_tokens = torch.stack([c.sum() for c in clip_tokens])
         return decoding
 
+    def audio_tags(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B]``: the audio tags in each row's prompt."""
+        return ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).sum(-1)
+
     def rows_with_audio(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B]`` bool: the rows whose prompt holds an audio tag (a text-only row runs the LLM without an
-        ``audio_only`` LoRA)."""
-        return ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).any(-1)
+        """``[B]`` bool: the rows whose prompt holds audio (a text-only row runs the LLM without an ``audio_only``
+        LoRA)."""
+        return self.audio_tags(batch) > 0
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.processor.decode(ids)
