@@ -235,6 +235,13 @@ class LanguageModel(UsesProcessor, Component):
         it to let the layer's queries attend to its prompts."""
         return queries
 
+    def with_audio(self, rows: torch.Tensor | None):
+        """A context in which the LLM knows which rows of the batch have audio in their prompt (``rows [B]`` bool):
+        a LoRA active only with audio (``lora.audio_only``) applies to those. Default: nothing changes."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids [B, L]`` -> ``[B, L, D]`` through :meth:`input_embeddings`."""
         return self.input_embeddings()(input_ids)

@@ -29,24 +29,31 @@ class DecodingBatch:
     next_position: torch.Tensor
     logits: torch.Tensor
     audio_tokens: torch.Tensor | None = None  # [B] audio embeddings in each row's prompt, set by a prefill
+    with_audio: torch.Tensor | None = None  # [B] bool: the row's prompt has audio (LanguageModel.with_audio)
 
     @property
     def size(self) -> int:
         return self.mask.shape[0]
 
     @classmethod
-    def prefill(cls, llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> "DecodingBatch":
-        """Left-padded ``inputs_embeds [B, L, D]`` and ``attention_mask [B, L]`` -> the batch after the prompt."""
+    def prefill(cls, llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                with_audio: torch.Tensor | None = None) -> "DecodingBatch":
+        """Left-padded ``inputs_embeds [B, L, D]`` and ``attention_mask [B, L]`` -> the batch after the prompt;
+        ``with_audio [B]``: the rows whose prompt has audio."""
         mask = attention_mask.long()
         positions = default_position_ids(mask)
-        hidden, cache = llm.hidden_states(inputs_embeds, mask, position_ids=positions, use_cache=True)
-        return cls(cache, mask, positions[:, -1:] + 1, llm.head(hidden[:, -1:]).float()[:, -1])
+        with llm.with_audio(with_audio):
+            hidden, cache = llm.hidden_states(inputs_embeds, mask, position_ids=positions, use_cache=True)
+        return cls(cache, mask, positions[:, -1:] + 1, llm.head(hidden[:, -1:]).float()[:, -1],
+                   with_audio=with_audio)
 
     def step(self, llm, tokens: torch.Tensor) -> None:
         """Feed ``tokens [B]`` (one per row): the cache grows by one position and ``logits`` predict the next."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.size, 1)], dim=1)
-        hidden, self.cache = llm.hidden_states(llm.embed(tokens[:, None]), self.mask, position_ids=self.next_position,
-                                               past_key_values=self.cache, use_cache=True)
+        with llm.with_audio(self.with_audio):
+            hidden, self.cache = llm.hidden_states(llm.embed(tokens[:, None]), self.mask,
+                                                   position_ids=self.next_position, past_key_values=self.cache,
+                                                   use_cache=True)
         self.next_position = self.next_position + 1
         self.logits = llm.head(hidden[:, -1:]).float()[:, -1]
 
@@ -54,6 +61,8 @@ class DecodingBatch:
         """Keep ``rows`` (in that order); cache columns no remaining row uses are cut off the left."""
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.mask, self.next_position, self.logits = self.mask[index], self.next_position[index], self.logits[index]
+        if self.with_audio is not None:
+            self.with_audio = self.with_audio[index]
         used = self.mask.any(0).nonzero()
         start = int(used[0]) if len(used) else self.mask.shape[1]
         self.mask = self.mask[:, start:]
@@ -72,8 +81,9 @@ class DecodingBatch:
             layer.keys = torch.cat([_left_pad(p.keys, width) for p in parts])
             layer.values = torch.cat([_left_pad(p.values, width) for p in parts])
         mask = torch.cat([F.pad(b.mask, (width - b.mask.shape[1], 0)) for b in batches])
+        with_audio = None if any(b.with_audio is None for b in batches) else torch.cat([b.with_audio for b in batches])
         return cls(first.cache, mask, torch.cat([b.next_position for b in batches]),
-                   torch.cat([b.logits for b in batches]))
+                   torch.cat([b.logits for b in batches]), with_audio=with_audio)
 
 
 def supports_cache(cache: Any) -> bool:

@@ -111,7 +111,8 @@ EXPORT_FORMATS = ("transformers",)
 
 def export_model(model, to: str, out: str | os.PathLike) -> Path:
     """``slmzoo export``: ``model`` in the reference's own checkpoint layout (``to``: ``transformers``), written by
-    the importer of its card's family (the card's name is the importer's card)."""
+    the importer of its card's family (the card's name is the importer's card). A LoRA'd LLM is merged (or, for a
+    release that ships its LoRA apart, unloaded) in ``model`` itself: export a copy to keep using the adapters."""
     if to not in EXPORT_FORMATS:
         raise ReleaseError(f"--to {to}: unknown format; known: {', '.join(EXPORT_FORMATS)}")
     families = [spec.load_factory() for spec in importers() if spec.card == model.card.name]

@@ -7,6 +7,8 @@ are frozen by peft, its ``lora_*`` weights train, whatever ``train.freeze`` says
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from pydantic import Field
 
 from slmzoo.registry import ComponentOptions
@@ -19,6 +21,8 @@ class LoraOptions(ComponentOptions):
     alpha: float = Field(16, description="Scaling numerator (lora_alpha).")
     dropout: float = Field(0.0, ge=0.0, le=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(["q_proj", "v_proj"], description="Module names (or suffixes) to adapt.")
+    audio_only: bool = Field(False, description="LLM LoRA: active only on rows whose prompt has audio, so text-only "
+                             "rows run the plain LLM (Granite Speech's modality-specific LoRA).")
 
 
 class LoraTargetError(ValueError):
@@ -52,3 +56,37 @@ def add_lora(module, lora: LoraOptions, where: str):
 
     check_targets(module, lora, where)
     return inject_adapter_in_model(peft_config(lora), module)
+
+
+class RowGate:
+    """Turns a peft module's LoRA on for some rows of a batch and off for the others (``audio_only``): a forward hook
+    on every ``lora_B`` multiplies the LoRA branch's output ``[B, ..., D]`` by the row's 0 or 1. peft's own mixed
+    batches (``adapter_names``) refuse training mode; this works in both. Before any :meth:`rows` the LoRA is off."""
+
+    def __init__(self, module):
+        from peft.tuners.lora import LoraLayer
+
+        self.active = None  # [B] bool, the rows the LoRA applies to
+        self.handles = [branch.register_forward_hook(self._gate) for layer in module.modules()
+                        if isinstance(layer, LoraLayer) for branch in layer.lora_B.values()]
+
+    def _gate(self, _module, _inputs, output):
+        active = self.active
+        if active is None:
+            return output * 0
+        if active.shape[0] != output.shape[0]:
+            raise ValueError(f"LoRA row gate: {active.shape[0]} rows given, the batch has {output.shape[0]}")
+        return output * active.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+
+    @contextmanager
+    def rows(self, active):
+        """``active [B]`` (bool): the rows the LoRA applies to while the block runs. With autograd on they stay set
+        after it, until the next block: gradient checkpointing recomputes the forward during ``backward``."""
+        import torch
+
+        previous, self.active = self.active, active
+        try:
+            yield
+        finally:
+            if not torch.is_grad_enabled():
+                self.active = previous

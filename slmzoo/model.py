@@ -46,7 +46,11 @@ class SpeechLM(Architecture):
     # -- the pipeline ------------------------------------------------------------------------------
     def encode_audio(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
         """``audio [N, S]``, ``audio_lens [N]`` -> one ``[T_i, D]`` tensor of valid embeddings per clip
-        (``[T_i]`` unit ids for a token-mapping adapter: the fusion embeds them)."""
+        (``[T_i]`` unit ids for a token-mapping adapter: the fusion embeds them). No clips (text-only prompts): none."""
+        if audio.shape[0] == 0:
+            from slmzoo.components import AdapterOutput
+
+            return [], AdapterOutput(embeds=None, lengths=audio_lens)
         encoded = self.encoder(audio, audio_lens)
         adapted = self.adapter(encoded.hidden, encoded.lengths)
         rows = adapted.units if adapted.embeds is None else adapted.embeds
@@ -65,7 +69,8 @@ class SpeechLM(Architecture):
             fused.labels = labels
         else:
             fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
-        out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
+        with self.llm.with_audio(self.rows_with_audio(batch)):
+            out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
         loss, aux_loss = out.loss, adapted.aux_loss
         if labels is not None and len(embeds) == labels.shape[0]:
             extra_loss = self.adapter.auxiliary_loss(self._response_ids(labels))
@@ -114,8 +119,9 @@ class SpeechLM(Architecture):
         fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
         generation_kwargs.setdefault("do_sample", False)
         try:
-            ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
-                                    **fused.extra, **generation_kwargs)
+            with self.llm.with_audio(self.rows_with_audio(batch)):
+                ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
+                                        **fused.extra, **generation_kwargs)
         finally:
             self.fusion.release()  # a later bare LLM call must not still see this batch's audio
         return ids
@@ -138,11 +144,21 @@ class SpeechLM(Architecture):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
         fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
-        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask)
-        tags = ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).sum(-1).tolist()
+        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask,
+                                         with_audio=self.rows_with_audio(batch))
+        tags = self.audio_tags(batch).tolist()
         clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags)
         decoding.audio_tokens = torch.stack([c.sum() for c in clip_tokens])
         return decoding
+
+    def audio_tags(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B]``: the audio tags in each row's prompt."""
+        return ((batch["input_ids"] == self.audio_token_id) & batch["attention_mask"].bool()).sum(-1)
+
+    def rows_with_audio(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B]`` bool: the rows whose prompt holds audio (a text-only row runs the LLM without an ``audio_only``
+        LoRA)."""
+        return self.audio_tags(batch) > 0
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.processor.decode(ids)

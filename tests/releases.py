@@ -220,9 +220,10 @@ AF3_TEMPLATE = (
 )
 
 
-def audio_flamingo_3_release(folder: Path, layout: str = "legacy"):
+def audio_flamingo_3_release(folder: Path, layout: str = "legacy", max_audio_len: int | None = None):
     """A tiny Audio Flamingo 3 (-hf layout), its chat template in ``chat_template.jinja``:
-    ``(folder, reference, reference processor)``."""
+    ``(folder, reference, reference processor)``. ``max_audio_len`` (seconds): the processor's cap, saved as
+    transformers 5 saves a processor (``processor_config.json``)."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -238,8 +239,11 @@ def audio_flamingo_3_release(folder: Path, layout: str = "legacy"):
     shard_and_save(model, folder, layout)
     save_processor_files(folder, tf.WhisperFeatureExtractor(feature_size=128), tokenizer)
     (folder / "chat_template.jinja").write_text(AF3_TEMPLATE)
+    cap = {} if max_audio_len is None else {"max_audio_len": max_audio_len}
     processor = tf.AudioFlamingo3Processor(feature_extractor=tf.WhisperFeatureExtractor.from_pretrained(folder),
-                                           tokenizer=tokenizer, chat_template=AF3_TEMPLATE)
+                                           tokenizer=tokenizer, chat_template=AF3_TEMPLATE, **cap)
+    if cap:
+        processor.save_pretrained(folder)
     return folder, model, processor
 
 

@@ -23,6 +23,7 @@ import slmzoo
 from slmzoo_plugins.importers.audio_flamingo_3 import AudioFlamingo3Importer
 from slmzoo_plugins.importers.granite_speech import GraniteSpeechImporter
 from slmzoo_plugins.importers.qwen2_audio import Qwen2AudioImporter
+from slmzoo_plugins.importers.transformers_audio import audio_encoder_fields, whisper_tower_fields
 from slmzoo_plugins.importers.voxtral import VoxtralImporter
 from tests.test_granite_encoder import granite_feature_extractor
 
@@ -46,20 +47,6 @@ def _renamed(state: dict[str, torch.Tensor], importer) -> dict[str, torch.Tensor
     yardstick tests the importer's name mapping too. Tensors no rule names are dropped."""
     renamed = {name: importer.release_name(name) for name in state}
     return {theirs: state[name] for name, theirs in renamed.items() if theirs is not None}
-
-
-def _whisper_tower(model) -> dict:
-    """The whisper encoder's dimensions, as the Qwen2-Audio / Audio Flamingo 3 audio tower configs name them."""
-    config = model.encoder.config
-    return {k: getattr(config, k) for k in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
-                                            "num_mel_bins", "max_source_positions")}
-
-
-def _audio_encoder_config(tower: dict) -> dict:
-    """:func:`_whisper_tower` under the names of the newer audio encoder configs (Voxtral, Audio Flamingo 3)."""
-    renamed = {"d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
-               "encoder_attention_heads": "num_attention_heads", "encoder_ffn_dim": "intermediate_size"}
-    return {renamed.get(key, key): value for key, value in tower.items()}
 
 
 def _clips() -> list[torch.Tensor]:
@@ -96,7 +83,7 @@ def test_qwen2_audio_card_matches_transformers_qwen2_audio():
     torch.manual_seed(0)
     model = slmzoo.build(slmzoo.load_card("qwen2-audio", preset="tiny")).eval()
     reference = tf.Qwen2AudioForConditionalGeneration(tf.Qwen2AudioConfig(
-        audio_config=_whisper_tower(model), text_config=model.llm.config.to_dict(),
+        audio_config=whisper_tower_fields(model.encoder.config), text_config=model.llm.config.to_dict(),
         audio_token_id=model.llm.audio_token_id)).eval()
     reference.load_state_dict(_renamed(model.state_dict(), Qwen2AudioImporter), strict=True)
 
@@ -112,8 +99,7 @@ def test_qwen2_audio_card_matches_transformers_qwen2_audio():
 def test_audio_flamingo_3_card_matches_transformers_audioflamingo3():
     torch.manual_seed(0)
     model = slmzoo.build(slmzoo.load_card("audio-flamingo-3", preset="tiny")).eval()
-    tower = _whisper_tower(model)
-    audio_config = _audio_encoder_config(tower)
+    audio_config = audio_encoder_fields(model.encoder.config)
     reference = tf.AudioFlamingo3ForConditionalGeneration(tf.AudioFlamingo3Config(
         audio_config=audio_config, text_config=model.llm.config.to_dict(),
         audio_token_id=model.llm.audio_token_id)).eval()
@@ -146,10 +132,10 @@ def _voxtral_features(model, clip: torch.Tensor) -> torch.Tensor:
 def test_voxtral_card_matches_transformers_voxtral():
     torch.manual_seed(0)
     model = slmzoo.build(slmzoo.load_card("voxtral", preset="tiny")).eval()
-    tower = _whisper_tower(model)
+    tower = whisper_tower_fields(model.encoder.config)
     # VoxtralEncoderConfig's intermediate_size is both the FFN width and the projector input (four stacked frames).
     assert tower["encoder_ffn_dim"] == 4 * tower["d_model"]
-    audio_config = _audio_encoder_config(tower)
+    audio_config = audio_encoder_fields(model.encoder.config)
     reference = tf.VoxtralForConditionalGeneration(tf.VoxtralConfig(
         audio_config=audio_config, text_config=model.llm.config.to_dict(),
         audio_token_id=model.llm.audio_token_id, projector_hidden_act="gelu")).eval()
@@ -219,11 +205,11 @@ def test_an_audio_llm_checkpoint_gives_its_audio_tower_to_the_whisper_encoder(tm
     (strictly), the LLM's never leave the disk. (The yardsticks above show the tower computes as the reference.)"""
     torch.manual_seed(0)
     model = slmzoo.build(slmzoo.load_card(name, preset="tiny")).eval()
-    classes = {"qwen2-audio": (tf.Qwen2AudioForConditionalGeneration, tf.Qwen2AudioConfig, _whisper_tower(model)),
+    tower = model.encoder.config
+    classes = {"qwen2-audio": (tf.Qwen2AudioForConditionalGeneration, tf.Qwen2AudioConfig, whisper_tower_fields(tower)),
                "audio-flamingo-3": (tf.AudioFlamingo3ForConditionalGeneration, tf.AudioFlamingo3Config,
-                                    _audio_encoder_config(_whisper_tower(model))),
-               "voxtral": (tf.VoxtralForConditionalGeneration, tf.VoxtralConfig,
-                           _audio_encoder_config(_whisper_tower(model)))}
+                                    audio_encoder_fields(tower)),
+               "voxtral": (tf.VoxtralForConditionalGeneration, tf.VoxtralConfig, audio_encoder_fields(tower))}
     model_class, config_class, audio_config = classes[name]
     reference = model_class(config_class(audio_config=audio_config, text_config=model.llm.config.to_dict(),
                                          audio_token_id=model.llm.audio_token_id)).eval()

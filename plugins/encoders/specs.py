@@ -36,6 +36,11 @@ class WhisperOptions(EncoderOptions):
     pad_to_window: bool = Field(
         False, description="Pad every clip to the 30 s window exactly as the original; default is variable length."
     )
+    pad_to_hop: bool = Field(
+        False, description="Variable length: each clip zero-padded to a multiple of the 160-sample hop before its "
+        "log-mel, ceil(len / 160) frames (Ultravox's processor: pad_to_multiple_of=160); default: floor(len / 160) "
+        "frames of the clip's own samples.",
+    )
     window_attention_mask: bool = Field(
         False, description="With pad_to_window: mask the padded positions out of attention (Qwen2-Audio's audio "
         "tower); the original Whisper attends to them.",
@@ -55,15 +60,22 @@ class WhisperOptions(EncoderOptions):
         "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower); "
         "'windows' cuts the clip into 30 s pieces first, each with its own log-mel (Audio Flamingo 3's processor).",
     )
+    max_windows: int | None = Field(
+        None, ge=1, description="With long_clips split or windows: at most this many 30 s windows per clip; a longer "
+        "clip is cut there, with a warning (Audio Flamingo 3's processor: 20, its max_audio_len of 600 s). "
+        "null: no limit.",
+    )
 
     @model_validator(mode="after")
     def _window_options_need_the_window(self):
         if self.pad_to_window:
+            if self.pad_to_hop:
+                raise OptionsRuleError("encoder", "pad_to_hop", "applies to variable length (pad_to_window: false)")
             return self
         if self.window_attention_mask:
             raise OptionsRuleError("encoder", "window_attention_mask", "applies with pad_to_window: true (variable "
                                    "length always masks padding)")
-        for key, default in (("window_output", "clip"), ("long_clips", "cut")):
+        for key, default in (("window_output", "clip"), ("long_clips", "cut"), ("max_windows", None)):
             value = getattr(self, key)
             if value != default:
                 raise OptionsRuleError("encoder", key, f"{value!r} applies with pad_to_window: true (add encoder."

@@ -23,6 +23,8 @@ Two modes:
     concatenated in time: Voxtral's processor (``pad_to_multiple_of=480000``, then chunks of 3000 mel frames);
     ``windows`` cuts the clip into 30 s pieces first, each with its own log-mel (its own clamp, zero padding after
     the clip's last piece), encoded on its own, the windows' frames concatenated: Audio Flamingo 3's processor.
+  - ``max_windows``: with ``split`` / ``windows``, at most this many windows; a longer clip is cut there with a
+    warning (Audio Flamingo 3's processor truncates at ``max_audio_len``, 600 s: 20 windows).
 
 ``pool: k`` average-pools the frames by ``k`` after the last layer and before the final LayerNorm, as
 Qwen-Audio's and Qwen2-Audio's audio towers do (``AvgPool1d(k)``: floor lengths, a pooled frame never mixes a
@@ -35,6 +37,8 @@ WhisperForConditionalGeneration or bare-encoder checkpoint.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -44,6 +48,8 @@ from slmzoo_plugins.encoders.features import HOP_LENGTH, N_FFT, SAMPLING_RATE, l
 from slmzoo_plugins.encoders.hf_loading import load_config, load_state_strict, tower_tensors
 from slmzoo_plugins.encoders.layer_selection import LayerSelection
 from slmzoo_plugins.encoders.waveforms import check_waveforms
+
+log = logging.getLogger("slmzoo.encoders")
 
 MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding of the centred STFT needs more than n_fft // 2 samples
 ENCODER_PREFIXES = ("model.encoder.", "encoder.", "model.audio_tower.", "audio_tower.")
@@ -102,6 +108,7 @@ class WhisperEncoder(Encoder):
         self.pad_to_window = options.pad_to_window
         self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
         self.window_output, self.long_clips = options.window_output, options.long_clips
+        self.max_windows, self.pad_to_hop = options.max_windows, options.pad_to_hop
         # One output frame: a mel frame (one conv frame) or, pooled, `pool` conv frames (2 * pool - 1 mel frames).
         self.min_samples = max(MIN_SAMPLES, (2 * self.pool - 1) * HOP_LENGTH)
         self.output_dim = config.d_model
@@ -126,12 +133,19 @@ class WhisperEncoder(Encoder):
                              "encoder.pad_to_window: true (cuts it at 30 s), or set both encoder.pad_to_window: true "
                              "and encoder.long_clips: split (encodes consecutive 30 s windows)")
 
-    def windows(self, lengths: torch.Tensor) -> torch.Tensor:
+    def windows(self, lengths: torch.Tensor, warn: bool = False) -> torch.Tensor:
         """``lengths [B]`` in samples -> 30 s windows per clip ``[B]``: 1, or ``ceil(len / 30 s)`` with
-        ``long_clips: split``."""
-        if self.pad_to_window and self.long_clips in ("split", "windows"):
-            return ((lengths + self.window_samples - 1) // self.window_samples).clamp(min=1)
-        return torch.ones_like(lengths)
+        ``long_clips: split`` / ``windows``, at most ``max_windows`` (the clip is cut there, as AF3's processor
+        truncates at ``max_audio_len``)."""
+        if not (self.pad_to_window and self.long_clips in ("split", "windows")):
+            return torch.ones_like(lengths)
+        windows = ((lengths + self.window_samples - 1) // self.window_samples).clamp(min=1)
+        if self.max_windows is not None and warn and bool((windows > self.max_windows).any()):
+            seconds = self.max_windows * self.window_samples // SAMPLING_RATE
+            longest = int(lengths.max()) / SAMPLING_RATE
+            log.warning("whisper encoder: a clip of %.1f s exceeds %d s (encoder.max_windows %d); only its first %d s "
+                        "are encoded", longest, seconds, self.max_windows, seconds)
+        return windows if self.max_windows is None else windows.clamp(max=self.max_windows)
 
     # -- features ----------------------------------------------------------------------------------
     def _filters(self) -> torch.Tensor:
@@ -143,14 +157,15 @@ class WhisperEncoder(Encoder):
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``audio [B, S]`` -> log-mel ``[B, n_mels, F]`` float32 and frame lengths ``[B]``.
 
-        Variable length: each clip on its own samples (``F = max(len // 160)``, zeros past a clip's frames).
+        Variable length: each clip on its own samples (``F = max(len // 160)``, zeros past a clip's frames); with
+        ``pad_to_hop`` zero-padded to whole hops first (``F = max(ceil(len / 160))``).
         ``pad_to_window``: each clip padded or cut to 30 s, ``F = 3000``; with ``long_clips: split`` padded to its
         ``n = windows(len)`` windows, ``F = 3000 * max(n)``, a clip's features over its own ``3000 * n`` frames
         (the feature extractor with ``pad_to_multiple_of=480000``, as Voxtral's processor calls it).
         """
         filters = self._filters()
         if self.pad_to_window:
-            span = self.windows(lengths) * self.window_samples  # [B] samples each clip is padded (or cut) to
+            span = self.windows(lengths, warn=True) * self.window_samples  # [B] samples each clip is padded (cut) to
             clip = torch.minimum(lengths, span)
             padded = audio.new_zeros(audio.shape[0], int(span.max()), dtype=torch.float32)
             for b, n in enumerate(clip.tolist()):  # padding is written here, whatever the caller padded with
@@ -167,12 +182,15 @@ class WhisperEncoder(Encoder):
             for b, n in enumerate(span.tolist()):
                 mels[b, :, : n // HOP_LENGTH] = log_mel(padded[b, :n], filters)
             return mels, mel_lengths
-        mel_lengths = lengths // HOP_LENGTH
-        mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(mel_lengths.max()), dtype=torch.float32)
-        for b, n in enumerate(lengths.tolist()):
-            mel = log_mel(audio[b, :n], filters)
+        hops = -(-lengths // HOP_LENGTH) if self.pad_to_hop else lengths // HOP_LENGTH
+        mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(hops.max()), dtype=torch.float32)
+        for b, (n, frames) in enumerate(zip(lengths.tolist(), hops.tolist())):
+            clip = audio[b, :n]
+            if self.pad_to_hop:  # zeros up to the next hop, written here whatever the caller padded with
+                clip = nn.functional.pad(clip, (0, frames * HOP_LENGTH - n))
+            mel = log_mel(clip, filters)
             mels[b, :, : mel.shape[-1]] = mel
-        return mels, mel_lengths
+        return mels, hops
 
     def _window_features(self, padded: torch.Tensor, span: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         """``padded [B, S]`` (each clip zero-padded to its ``span [B]`` of whole windows) -> the log-mel of each 30 s

@@ -11,7 +11,8 @@ What NeMo's ``SALM`` builds (``nemo/collections/speechlm2/models/salm.py``, ``mo
   ``perception.proj`` is the ``linear`` adapter;
 - ``llm`` (peft-wrapped, LoRA unmerged) + the top-level ``embed_tokens`` -> ``hf_causal`` with the config's
   ``lora``, its tensors in peft's layout as saved; the head is tied to ``embed_tokens``;
-- the tokenizer and LLM config are ``pretrained_llm``'s (the repo ships none): a local folder here; the audio
+- the tokenizer and LLM config are ``pretrained_llm``'s (the repo ships none): a folder, or a Hub id fetched
+  through the huggingface_hub cache (configs and tokenizer only); the audio
   locator tag is added to it as a special token and a single one is replaced by the whole clip;
 - the prompt is NeMo's ``qwen`` formatter: ``<|im_start|>user\\n{text} {tag}<|im_end|>\\n<|im_start|>assistant\\n``,
   no system prompt (the card's chatml).
@@ -42,11 +43,22 @@ class CanaryQwenImporter(Importer):
 
     # -- the card ----------------------------------------------------------------------------------------------
     def llm_folder(self) -> Path:
-        source = self.config.get("pretrained_llm")
-        if not source or not Path(source).is_dir():
-            raise self.fail(f"config.json pretrained_llm {source!r}: the LLM's config and tokenizer are read from it "
-                            "(the release ships neither); give a local folder (resolve a hub id first)")
-        return Path(source)
+        """``pretrained_llm``'s config and tokenizer (a Hub id as NeMo writes it, or a folder): the release ships
+        neither. Its weights are not fetched: the release holds the LLM's."""
+        if getattr(self, "_llm_folder", None) is None:
+            from slmzoo.hub.sources import HubError, named_backbone
+
+            source = self.config.get("pretrained_llm")
+            if not source:
+                raise self.fail("config.json names no pretrained_llm (the LLM whose config and tokenizer SALM uses)")
+            try:
+                folder = named_backbone(source, weights=False)
+            except HubError as error:
+                raise self.fail(f"config.json pretrained_llm {source!r}: {error}") from None
+            if not (folder / "config.json").is_file():
+                raise self.fail(f"config.json pretrained_llm {source!r}: {folder} has no config.json")
+            self._llm_folder = folder
+        return self._llm_folder
 
     def tokenizer_dir(self) -> Path:
         return self.llm_folder()

@@ -7,8 +7,9 @@ without ``lm_head`` is complete). The prompt is the release tokenizer's own chat
 prompt included), the audio tag ``<|audio|>``.
 
 The LoRA ships beside the weights (``adapter_config.json`` + ``adapter_model.safetensors``, peft's files): it
-becomes the card's ``llm.lora`` and its tensors load into the peft-wrapped LLM as saved (unmerged). transformers
-enables it only when ``generate`` is given audio; every slmzoo request carries audio, so it is always on here.
+becomes the card's ``llm.lora`` and its tensors load into the peft-wrapped LLM as saved (unmerged). As transformers
+enables it only when it is given audio (``enable_adapters`` / ``disable_adapters`` in ``generate``), it is
+``audio_only``: rows whose prompt has no audio run the plain Granite LLM.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import json
 import re
 from typing import Any
 
-from slmzoo_plugins.importers.transformers_audio import TransformersAudioImporter
+from slmzoo_plugins.importers.transformers_audio import (
+    PREPROCESSOR_FILE,
+    PROCESSOR_FILE,
+    ExportsToTransformers,
+    TransformersAudioImporter,
+    export_chat_template,
+)
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 LLM, HEAD = "llm.model.model.", "llm.model.lm_head."
@@ -27,7 +34,12 @@ LEGACY_GRANITE = (("language_model.lm_head.", "lm_head."), ("language_model.mode
                   ("encoder.", "model.encoder."), ("projector.", "model.projector."))
 
 
-class GraniteSpeechImporter(TransformersAudioImporter):
+class GraniteSpeechImporter(ExportsToTransformers, TransformersAudioImporter):
+    reference_class = "GraniteSpeechForConditionalGeneration"
+    export_requires = {"encoder": {"type": "granite_ctc", "layer": "last"},
+                       "adapter": {"type": "window_qformer", "last_window": "zeros", "stride": None,
+                                   "input_norm": False},
+                       "fusion": {"type": "concat"}}
     legacy = LEGACY_GRANITE
     rules = (("model.encoder.", "encoder.model."), ("model.projector.query", "adapter.query"),
              ("model.projector.qformer.", "adapter.qformer."), ("model.projector.linear.", "adapter.linear."),
@@ -68,7 +80,7 @@ class GraniteSpeechImporter(TransformersAudioImporter):
             return None
         targets = self.lora.get("target_modules") or []
         return {"r": self.lora["r"], "alpha": self.lora["lora_alpha"], "dropout": self.lora.get("lora_dropout", 0.0),
-                "target_modules": sorted(targets) if isinstance(targets, list) else [targets]}
+                "target_modules": sorted(targets) if isinstance(targets, list) else [targets], "audio_only": True}
 
     def check(self, model) -> None:
         self.check_audio_token(model, self.config.get("audio_token_index", self.config.get("audio_token_id")))
@@ -105,3 +117,69 @@ class GraniteSpeechImporter(TransformersAudioImporter):
         targets = "|".join(map(re.escape, self.lora_options()["target_modules"]))
         name = re.sub(rf"\.({targets})\.(weight|bias)$", r".\1.base_layer.\2", name)
         return re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", name)
+
+    # -- export: the release's layout, its LoRA in peft's files beside the weights --------------------------------
+    @classmethod
+    def detach_lora(cls, model, out) -> None:
+        """An ``audio_only`` LoRA is written as the release ships it (``adapter_config.json`` +
+        ``adapter_model.safetensors``, which transformers loads through peft and enables only with audio) and the
+        LLM keeps its base weights; any other LoRA is merged."""
+        lora = model.card.data["llm"].get("lora") or {}
+        if not lora.get("audio_only"):
+            return super().detach_lora(model, out)
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for name, tensor in model.state_dict().items():
+            if ".lora_A." in name or ".lora_B." in name:
+                ours = LLM + name[len(PEFT_LLM):].replace(".default.weight", ".weight")
+                tensors["base_model.model." + cls.legacy_name(cls.release_name(ours))] = tensor.contiguous()
+        model.llm.model = model.llm.model.unload()  # the base weights, the LoRA left out
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        (out / ADAPTER_CONFIG).write_text(json.dumps({
+            "peft_type": "LORA", "r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+            "target_modules": list(lora["target_modules"]), "bias": "none", "task_type": None,
+            "base_model_name_or_path": None}, indent=2))
+
+    @classmethod
+    def legacy_name(cls, name: str) -> str:
+        """A v5 name in the layout the Hub holds (the inverse of :meth:`normalise`)."""
+        for old, new in cls.legacy:
+            if name.startswith(new):
+                return old + name[len(new):]
+        return name
+
+    @classmethod
+    def reference_config(cls, model):
+        from transformers import GraniteSpeechConfig
+
+        from slmzoo.components import config_fields
+
+        adapter = model.adapter
+        projector = {**adapter.qformer.config.to_dict(), "model_type": "blip_2_qformer"}
+        return GraniteSpeechConfig(
+            encoder_config=config_fields(model.encoder.model.config), projector_config=projector,
+            text_config=config_fields(model.llm.config), audio_token_index=model.audio_token_id,
+            has_lora_adapter=bool((model.card.data["llm"].get("lora") or {}).get("audio_only")),
+            window_size=adapter.window, downsample_rate=adapter.window // adapter.num_queries)
+
+    @classmethod
+    def save_processor_files(cls, model, out) -> None:
+        """GraniteSpeechProcessor's files as the release has them (its feature extractor's torchaudio settings, the
+        projector's window), and the tokenizer's chat template: the card's prompts, its system prompt included."""
+        settings = dict(model.encoder.feature_settings)
+        rate = settings.pop("sampling_rate")
+        adapter = model.adapter
+        # Top-level keys (what GraniteSpeechFeatureExtractor reads) and melspec_kwargs (what the 3.3 releases hold).
+        (out / PREPROCESSOR_FILE).write_text(json.dumps({
+            "feature_extractor_type": "GraniteSpeechFeatureExtractor", "sampling_rate": rate, **settings,
+            "melspec_kwargs": {"sample_rate": rate, **settings}, "projector_window_size": adapter.window,
+            "projector_downsample_rate": adapter.window // adapter.num_queries}, indent=2))
+        (out / PROCESSOR_FILE).write_text(json.dumps({"processor_class": "GraniteSpeechProcessor",
+                                                      "audio_token": model.processor.audio_tag}, indent=2))
+        own, model.tokenizer.chat_template = model.tokenizer.chat_template, export_chat_template(model)
+        try:
+            model.tokenizer.save_pretrained(out)
+        finally:
+            model.tokenizer.chat_template = own

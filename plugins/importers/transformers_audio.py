@@ -99,16 +99,18 @@ class TransformersAudioImporter(Importer):
                 return json.loads(text)["chat_template"] if name.endswith(".json") else text
         return None
 
+    def processor_settings(self) -> dict[str, Any]:
+        """The processor's own settings (``processor_config.json``: AF3's ``max_audio_len``, ...), if it has any."""
+        file = self.folder / PROCESSOR_FILE
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
     def preprocessor(self) -> dict[str, Any]:
         """The feature extractor's settings: ``preprocessor_config.json`` (the Hub's releases), or the
         ``feature_extractor`` of ``processor_config.json`` (what transformers 5 writes)."""
         file = self.folder / PREPROCESSOR_FILE
         if file.is_file():
             return json.loads(file.read_text(encoding="utf-8"))
-        file = self.folder / PROCESSOR_FILE
-        if file.is_file():
-            return json.loads(file.read_text(encoding="utf-8")).get("feature_extractor", {})
-        return {}
+        return self.processor_settings().get("feature_extractor", {})
 
     def check_whisper_features(self, num_mel_bins: int) -> None:
         """The release's WhisperFeatureExtractor settings are those the whisper encoder computes (it computes its
@@ -164,6 +166,20 @@ class ExportsToTransformers:
     def save_processor_files(cls, model, out: Path) -> None:  # pragma: no cover - each family writes its own
         raise NotImplementedError
 
+    @classmethod
+    def detach_lora(cls, model, out: Path) -> None:
+        """Before the weights are written: a LoRA'd LLM merged (``W + (alpha / r) B A``), as the reference class has
+        no LoRA; a family whose release ships its LoRA beside the weights writes it into ``out`` instead."""
+        if hasattr(model.llm.model, "merge_and_unload"):
+            model.llm.model = model.llm.model.merge_and_unload()
+
+    @classmethod
+    def generation_settings(cls, model, config) -> dict[str, Any]:
+        """``generation_config.json``: the card's stop tokens, padding and BOS."""
+        stops = model.processor.stop_token_ids
+        return {"eos_token_id": stops if len(stops) > 1 else stops[0], "pad_token_id": model.pad_token_id,
+                "bos_token_id": config.get_text_config().bos_token_id}
+
 
 def export(importer: type[TransformersAudioImporter], model, out) -> None:
     """``model`` (a card of ``importer``'s architecture) as the reference's own checkpoint in ``out``: its config,
@@ -172,8 +188,8 @@ def export(importer: type[TransformersAudioImporter], model, out) -> None:
     import transformers
 
     _check_exportable(importer, model)
-    if hasattr(model.llm.model, "merge_and_unload"):  # peft: W + (alpha / r) B A, as the reference has no LoRA
-        model.llm.model = model.llm.model.merge_and_unload()
+    out = Path(out)
+    importer.detach_lora(model, out)
     config = importer.reference_config(model)
     reference = getattr(transformers, importer.reference_class)(config).eval()
     ours = model.state_dict()
@@ -190,14 +206,51 @@ def export(importer: type[TransformersAudioImporter], model, out) -> None:
     if problems:
         raise ExportError(f"{model.card.name}: cannot export to {importer.reference_class}: " + "; ".join(problems))
     reference.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
-    stops = model.processor.stop_token_ids
-    reference.generation_config.update(eos_token_id=stops if len(stops) > 1 else stops[0],
-                                       pad_token_id=model.pad_token_id, bos_token_id=config.text_config.bos_token_id)
+    reference.generation_config.update(**importer.generation_settings(model, config))
     reference.save_pretrained(out)
     model.tokenizer.save_pretrained(out)
     for name in CHAT_TEMPLATE_FILES:  # the tokenizer's template renders slmzoo's prompt text, not content lists
-        (Path(out) / name).unlink(missing_ok=True)
-    importer.save_processor_files(model, Path(out))
+        (out / name).unlink(missing_ok=True)
+    importer.save_processor_files(model, out)
+
+
+def export_chat_template(model) -> str:
+    """A chat template that renders, for transformers' processors, the prompts the card renders: each message's
+    content list (``{"type": "audio"}`` / ``{"type": "text", "text": ...}`` items) becomes the text the card's
+    ``prompt.user_format`` makes of it (one audio tag per audio item, the texts joined, stripped; a text holding the
+    tag kept as it is), the card's default system prompt goes first unless the chat has one, and then the card's
+    own template (the tokenizer's) renders the messages. A message whose content is a string is taken as it is."""
+    prompt = model.processor.prompt
+    tag, user_format = json.dumps(prompt.audio_tag), json.dumps(prompt.user_format)
+    system = json.dumps(prompt.system) if prompt.system else "none"
+    prelude = (
+        "{%- set ns = namespace(messages=[]) -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['content'] is string -%}{%- set content = m['content'] -%}"
+        "{%- else -%}{%- set parts = namespace(audio='', text='') -%}"
+        "{%- for c in m['content'] -%}"
+        f"{{%- if c['type'] == 'audio' -%}}{{%- set parts.audio = parts.audio + {tag} -%}}"
+        "{%- elif c['type'] == 'text' -%}{%- set parts.text = parts.text + c['text'] -%}{%- endif -%}"
+        "{%- endfor -%}"
+        f"{{%- if {tag} in parts.text -%}}{{%- set content = parts.text -%}}"
+        f"{{%- else -%}}{{%- set content = {user_format}.replace('{{audio}}', parts.audio)"
+        ".replace('{instruction}', parts.text) | trim -%}{%- endif -%}"
+        "{%- endif -%}"
+        "{%- set ns.messages = ns.messages + [{'role': m['role'], 'content': content}] -%}"
+        "{%- endfor -%}"
+        f"{{%- set system = {system} -%}}"
+        "{%- if system and not (ns.messages | selectattr('role', 'equalto', 'system') | list) -%}"
+        "{%- set ns.messages = [{'role': 'system', 'content': system}] + ns.messages -%}{%- endif -%}"
+        "{%- set messages = ns.messages -%}"
+    )
+    return prelude + model.tokenizer.chat_template
+
+
+def audio_encoder_fields(config) -> dict[str, Any]:
+    """:func:`whisper_tower_fields` under the names of the newer audio-encoder configs (Voxtral's, AF3's)."""
+    renamed = {"d_model": "hidden_size", "encoder_layers": "num_hidden_layers",
+               "encoder_attention_heads": "num_attention_heads", "encoder_ffn_dim": "intermediate_size"}
+    return {renamed.get(key, key): value for key, value in whisper_tower_fields(config).items()}
 
 
 def _check_exportable(importer, model) -> None:

@@ -1,7 +1,8 @@
 """Ultravox v0.5 / v0.6 (fixie-ai, ``UltravoxModel``, remote code) -> the ``ultravox`` card.
 
 The release holds the audio tower and the projector; the LLM (and, before v0.5, the Whisper encoder) come from the
-ids its config names, ``text_model_id`` (``audio_model_id``), loaded by the card's own ``pretrained``:
+ids its config names, ``text_model_id`` (``audio_model_id``), loaded by the card's own ``pretrained`` (a Hub id is
+fetched through the huggingface_hub cache first):
 
 - ``audio_tower.*`` (Ultravox's ModifiedWhisperEncoder, variable length, padding masked) -> the whisper encoder;
 - ``multi_modal_projector.{ln_pre, linear_1, ln_mid, linear_2}`` -> the ``stack`` adapter (``stack_factor`` frames,
@@ -11,9 +12,15 @@ ids its config names, ``text_model_id`` (``audio_model_id``), loaded by the card
   gives the same sequence as the card's audio tag replaced by the clip.
 
 Read from fixie-ai/ultravox's code, not from released files: the config keys (``text_model_id``,
-``audio_model_id``, ``stack_factor``, ``projector_act``, ``projector_ln_mid``) and the tensor names. Ultravox's
-processor pads the batch to its longest clip before the log-mel (``pad_to_multiple_of=160``), this encoder computes
-each clip on its own samples: the last frames may differ slightly. No runnable reference offline (remote code).
+``audio_model_id``, ``stack_factor``, ``projector_act``, ``projector_ln_mid``) and the tensor names. No runnable
+reference offline (remote code; transformers 5 has no Ultravox class, so there is no export either).
+
+Features: Ultravox's processor runs WhisperFeatureExtractor with ``padding="longest", pad_to_multiple_of=160`` over
+the clips of one prompt (it takes one text at a time; a training batch collates prompts processed one by one). A
+prompt's only clip is zero-padded to whole hops: ``pad_to_hop`` computes exactly that, ``ceil(samples / 160)``
+frames. When one prompt holds several clips the processor pads them to the longest, so a shorter clip's last STFT
+frames see zeros where they would see the clip's reflection alone; this encoder keeps each clip's features its own
+(an output never depends on what it is batched with), which differs there, in the last frame of such a clip.
 """
 
 from __future__ import annotations
@@ -46,15 +53,22 @@ class UltravoxImporter(Importer):
         return ("llm",) if self.has_audio_tower() else ("llm", "encoder")
 
     def tokenizer_dir(self):
-        from pathlib import Path
+        return self.text_model()
 
-        return Path(self.text_model())
+    def text_model(self):
+        """``text_model_id`` (a Hub id, as Ultravox writes it, or a folder) as a local folder, weights included:
+        the release does not hold the LLM."""
+        if getattr(self, "_text_model", None) is None:
+            from slmzoo.hub.sources import HubError, named_backbone
 
-    def text_model(self) -> str:
-        source = self.config.get("text_model_id")
-        if not source:
-            raise self.fail("config.json names no text_model_id (the LLM Ultravox runs on)")
-        return source
+            source = self.config.get("text_model_id")
+            if not source:
+                raise self.fail("config.json names no text_model_id (the LLM Ultravox runs on)")
+            try:
+                self._text_model = named_backbone(source)
+            except HubError as error:
+                raise self.fail(f"config.json text_model_id {source!r}: {error}") from None
+        return self._text_model
 
     def card_blocks(self) -> dict[str, dict[str, Any]]:
         from transformers import WhisperConfig
@@ -67,7 +81,7 @@ class UltravoxImporter(Importer):
                             "v0.5's (swiglu, ln_mid); v0.4's ln_post is not mapped")
         text = self.config.get("text_config") or {}
         hidden = self.config.get("hidden_size", 4096)
-        encoder: dict[str, Any] = {"pretrained": None, "pad_to_window": False}
+        encoder: dict[str, Any] = {"pretrained": None, "pad_to_window": False, "pad_to_hop": True}
         if self.has_audio_tower():
             tower = WhisperConfig(**{k: v for k, v in (self.config.get("audio_config") or {}).items()
                                      if k not in ("architectures", "model_type", "_name_or_path")})
@@ -76,6 +90,6 @@ class UltravoxImporter(Importer):
             encoder.update(pretrained=self.config.get("audio_model_id"), config=None)
         return {"encoder": encoder,
                 "adapter": {"k": self.config.get("stack_factor", 8), "hidden_dim": hidden},
-                "llm": {"pretrained": self.text_model(), "tokenizer": None, "config": None,
+                "llm": {"pretrained": str(self.text_model()), "tokenizer": None, "config": None,
                         "dtype": text.get("dtype") or text.get("torch_dtype") or "bfloat16"},
                 "prompt": {"chat_template": None, "system": None}}

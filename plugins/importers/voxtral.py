@@ -22,7 +22,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from slmzoo_plugins.importers.transformers_audio import TransformersAudioImporter
+from slmzoo_plugins.importers.transformers_audio import (
+    ExportError,
+    ExportsToTransformers,
+    TransformersAudioImporter,
+    audio_encoder_fields,
+)
 
 TEKKEN_FILE = "tekken.json"
 # mistral-common's instruct layout for Voxtral; a user turn ending in [TRANSCRIBE] is a transcription request,
@@ -39,9 +44,19 @@ TEMPLATE = (
 #: What the whisper encoder and stack adapter compute: mistral-common's audio settings must say the same.
 AUDIO_SETTINGS = {"sampling_rate": 16000, "frame_rate": 12.5, "chunk_length_s": 30.0}
 ENCODING_SETTINGS = {"hop_length": 160, "window_size": 400}
+#: The card's prompt keys that render mistral-common's layouts (what the importer writes).
+MISTRAL_PROMPT = {"chat_template": TEMPLATE, "user_format": "[BEGIN_AUDIO]{audio}{instruction}", "system": None}
+#: VoxtralProcessor's hard-coded id of [AUDIO].
+AUDIO_TOKEN_ID = 24
 
 
-class VoxtralImporter(TransformersAudioImporter):
+class VoxtralImporter(ExportsToTransformers, TransformersAudioImporter):
+    reference_class = "VoxtralForConditionalGeneration"
+    export_requires = {"encoder": {"type": "whisper", "pad_to_window": True, "window_attention_mask": False,
+                                   "pool": 1, "long_clips": "split", "window_output": "window", "layer": "last"},
+                       "adapter": {"type": "stack", "k": 4, "activation": "gelu", "norm": "none",
+                                   "mid_norm": "none", "bias": False},
+                       "fusion": {"type": "concat"}}
     rules = (("model.audio_tower.", "encoder.encoder."),
              ("model.multi_modal_projector.linear_1.", "adapter.linear_1."),
              ("model.multi_modal_projector.linear_2.", "adapter.linear_2."),
@@ -93,3 +108,73 @@ class VoxtralImporter(TransformersAudioImporter):
                  if found[key] is not None and float(found[key]) != float(value)]
         if wrong:
             raise self.fail(f"{TEKKEN_FILE} audio: " + "; ".join(wrong))
+
+    # -- export: VoxtralForConditionalGeneration, and a tekken.json for mistral-common ---------------------------
+    @classmethod
+    def reference_config(cls, model):
+        from transformers import VoxtralConfig
+
+        from slmzoo.components import config_fields
+
+        prompt = model.card.data.get("prompt") or {}
+        wrong = [key for key, value in MISTRAL_PROMPT.items() if prompt.get(key) != value]
+        if wrong:
+            raise ExportError(f"{model.card.name}: VoxtralProcessor tokenizes with mistral-common, whose layout the "
+                              f"card's prompt.{', prompt.'.join(wrong)} do not render (the voxtral importer writes "
+                              "it: export a model fine-tuned from an imported Voxtral release)")
+        if model.audio_token_id != AUDIO_TOKEN_ID:
+            raise ExportError(f"{model.card.name}: {model.processor.audio_tag} has the id {model.audio_token_id}; "
+                              f"VoxtralProcessor hard-codes {AUDIO_TOKEN_ID}")
+        return VoxtralConfig(audio_config=audio_encoder_fields(model.encoder.config),
+                             text_config=config_fields(model.llm.config), audio_token_id=AUDIO_TOKEN_ID,
+                             projector_hidden_act="gelu")
+
+    @classmethod
+    def save_processor_files(cls, model, out) -> None:
+        """The WhisperFeatureExtractor's settings and ``tekken.json`` (VoxtralProcessor's tokenizer is
+        mistral-common's): the transformers tokenizer files are left out, since a folder with both makes
+        transformers choose by its own rules."""
+        from transformers import WhisperFeatureExtractor
+
+        WhisperFeatureExtractor(feature_size=model.encoder.config.num_mel_bins).save_pretrained(out)
+        tekken = tekken_json(model.tokenizer, model.encoder.config.num_mel_bins)
+        (out / TEKKEN_FILE).write_text(json.dumps(tekken), encoding="utf-8")
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (out / name).unlink(missing_ok=True)
+
+
+def tekken_json(tokenizer, num_mel_bins: int) -> dict[str, Any]:
+    """``tekken.json`` of a byte-level BPE tokenizer laid out as tekken's (what transformers' converter makes of a
+    tekken file: special tokens at ids ``0 .. n-1``, then the BPE vocabulary by rank, the pre-tokenizer's split
+    pattern), with Voxtral's audio settings. A tokenizer of another layout is refused, saying why."""
+    import base64
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    splits = [p for p in (state.get("pre_tokenizer") or {}).get("pretokenizers") or [] if p.get("type") == "Split"]
+    if state["model"].get("type") != "BPE" or not splits:
+        raise ExportError("Voxtral export: the tokenizer is not tekken's (a byte-level BPE with a split pattern, as "
+                          "an imported Voxtral release has); mistral-common cannot read it")
+    specials = sorted((i, t.content) for i, t in tokenizer.added_tokens_decoder.items())
+    if [i for i, _ in specials] != list(range(len(specials))):
+        raise ExportError("Voxtral export: the tokenizer's added tokens are not ids 0 .. n-1, as tekken's special "
+                          f"tokens are (ids {[i for i, _ in specials][:8]} ...)")
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    ranked = sorted((i, t) for t, i in state["model"]["vocab"].items() if i >= len(specials))
+    if [i for i, _ in ranked] != list(range(len(specials), len(specials) + len(ranked))):
+        raise ExportError("Voxtral export: the BPE vocabulary does not follow the special tokens without gaps")
+    vocab = []
+    for i, token in ranked:
+        raw = bytes(to_byte[c] for c in token)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None  # tekken's own convention for a byte sequence that is no text on its own
+        vocab.append({"rank": i - len(specials), "token_bytes": base64.b64encode(raw).decode(), "token_str": text})
+    return {"config": {"pattern": splits[0]["pattern"]["Regex"], "num_vocab_tokens": len(vocab),
+                       "default_vocab_size": len(vocab) + len(specials), "default_num_special_tokens": len(specials),
+                       "version": "v7"},
+            "vocab": vocab,
+            "special_tokens": [{"rank": i, "token_str": t, "is_control": True} for i, t in specials],
+            "audio": {**AUDIO_SETTINGS, "audio_encoding_config": {"num_mel_bins": num_mel_bins, **ENCODING_SETTINGS}}}

@@ -101,6 +101,16 @@ class HFLanguageModel(LanguageModel):
             check_targets(model, options.lora, "llm")
             model = get_peft_model(model, peft_config(options.lora, task_type=self.peft_task))
         self.model = model
+        self.audio_gate = None
+        if options.lora is not None and options.lora.audio_only:
+            from slmzoo.lora import RowGate
+
+            self.audio_gate = RowGate(model)
+
+    def with_audio(self, rows):
+        if self.audio_gate is None:
+            return super().with_audio(rows)
+        return self.audio_gate.rows(rows)
 
     def inline_config(self, options, builtin_tokenizer):
         return model_config(options.config, options.pretrained, builtin_tokenizer)

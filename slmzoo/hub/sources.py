@@ -223,6 +223,17 @@ def backbone_folder(source: str, weights: bool = True) -> str:
     return str(snapshot(parsed, allow_patterns=BACKBONE_FILES if weights else BACKBONE_CONFIG_FILES))
 
 
+def named_backbone(source: str, weights: bool = True) -> Path:
+    """A backbone another system's config names the way that system does (NeMo's ``pretrained_llm``, Ultravox's
+    ``text_model_id``: a bare ``org/name[@revision]``, or a folder, ``local-dir:`` / ``hf-hub:``) as a local folder
+    (:func:`parse_pretrained`'s rules); a Hub repository comes through the cache, its configs and tokenizer only
+    unless ``weights``."""
+    parsed = parse_pretrained(source)
+    if isinstance(parsed, Path):
+        return parsed
+    return snapshot(parsed, allow_patterns=BACKBONE_FILES if weights else BACKBONE_CONFIG_FILES)
+
+
 def localize(data: dict, weights: bool = True) -> dict | None:
     """A copy of card data whose ``hf-hub:`` / ``local-dir:`` sources are local folders; None if it has none."""
     import copy
