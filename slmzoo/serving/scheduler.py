@@ -359,6 +359,7 @@ class Scheduler:
 
 def empty_answer(reason: str, tokens: int) -> APIError:
     """What a request whose answer is empty gets instead of a 200 with no text."""
-    how = "ended its turn at once" if reason == "stop" and tokens <= 1 else f"wrote no text in {tokens} tokens"
+    how = ("ended its turn at once" if reason == "stop" and tokens <= 1
+           else f"wrote no text in {tokens} token{'s' if tokens != 1 else ''}")
     return APIError(422, f"the model's answer is empty: it {how} (the audio may hold nothing it recognises); "
                          "try another instruction, a larger max_tokens or a temperature above 0", "empty_answer")
