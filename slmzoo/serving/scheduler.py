@@ -353,8 +353,8 @@ class Scheduler:
         self.metrics.ttft.observe(time.monotonic() - job.arrival, model_name=self.name)
         self.metrics.generation_tokens.inc(len(row) if stop_at is None else stop_at + 1, model_name=self.name)
         text, hit_stop = self._text(job)
-        self._finish(job, text, "stop" if stop_at is not None or hit_stop else "length",
-                     completion=len(row) if stop_at is None else stop_at + 1)
+        stopped = stop_at is not None or hit_stop or len(row) < job.max_tokens  # the model ended before the limit
+        self._finish(job, text, "stop" if stopped else "length", completion=len(row) if stop_at is None else stop_at + 1)
 
 
 def empty_answer(reason: str, tokens: int) -> APIError:
