@@ -354,11 +354,9 @@ def create_app(models: dict[str, Any], limits: Limits | None = None, api_key: st
         temperature = _form_float(form.get("temperature"), "temperature", 0.0, 1.0)
         stream = (form.get("stream") or "false").lower() in ("true", "1")
         formatter = scheduler.model.processor.formatter
-        prompt = form.get("prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            raise bad_request("prompt must be text", "prompt")
         # OpenAI's prompt (earlier text of the recording, spellings, a style) joins the card's task instruction
-        instruction = formatter.with_context(_task_instruction(scheduler.model, task), prompt)
+        # (a text field: the one file the form may hold is the audio)
+        instruction = formatter.with_context(_task_instruction(scheduler.model, task), form.get("prompt"))
         clip = await server.clip(await upload.read(), scheduler.model.processor.sampling_rate, "file")
         messages = formatter.messages(instruction, num_audio=1)
         job, queue = server.job(messages, [clip.wave], clip.seconds, limits.default_max_tokens,
