@@ -6,6 +6,7 @@ requests, p50/p95 latency, p50 time to first token, and RTFx (seconds of audio s
 The issue's goal: >= 5x the sequential requests per second at 16 clients on a CPU with a tiny card.
 
     python benchmarks/bench_serve.py                      # tiny salm card on the CPU
+    python benchmarks/bench_serve.py --card audio-flamingo  # a memory fusion (gated cross-attention), tiny
     python benchmarks/bench_serve.py --model out/x --device cuda --dtype bf16 --max-tokens 64
 """
 
@@ -73,7 +74,8 @@ async def level(url: str, bodies: list[dict], seconds: list[float], clients: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="a card, saved model or run folder (default: the tiny salm card)")
+    parser.add_argument("--model", help="a card, saved model or run folder (default: --card's tiny preset)")
+    parser.add_argument("--card", default="salm", help="without --model: this card's tiny preset, scaled random weights")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
@@ -91,7 +93,7 @@ def main() -> None:
                                                            "format": "flac"}}]}]} for f in files]
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or tiny_model(Path(tmp) / "model")
+        model = args.model or tiny_model(Path(tmp) / "model", card=args.card)
         extra = ["--served-model-name", NAME, "--max-batch-size", str(max(levels)), "--device", args.device]
         extra += ["--preset", args.preset] if args.preset else []
         extra += ["--dtype", args.dtype] if args.dtype else []
@@ -106,7 +108,7 @@ def main() -> None:
               f"{r['req_per_s']:.2f} | {r['req_per_s'] / base:.1f}x | {r['p50_s']:.3f} | {r['p95_s']:.3f} | "
               f"{r['ttft_p50_s']:.3f} | {r['rtfx']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": str(args.model or "salm tiny (scaled)"), "device": args.device,
+    args.out.write_text(json.dumps({"model": str(args.model or f"{args.card} tiny (scaled)"), "device": args.device,
                                     "max_tokens": args.max_tokens, "rows": rows}, indent=2))
 
 

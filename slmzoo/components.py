@@ -168,6 +168,16 @@ class Fusion(Component):
         Not called after ``forward`` in training: gradient checkpointing re-runs layers during backward.
         """
 
+    def decoding_state(self) -> dict[str, Any] | None:
+        """The per-row state the last ``fuse`` left for cached decoding, for :mod:`slmzoo.decoding` to carry while
+        rows join and leave a running batch: named objects with ``select(index)`` (keep rows, in place) and a
+        classmethod ``concat(states)``. ``None`` (the default): the fusion keeps nothing between calls. A fusion
+        that overrides :meth:`release` but not this method is decoded in static batches only."""
+        return None
+
+    def use_decoding_state(self, state: dict[str, Any]) -> None:
+        """Make ``state`` (from :meth:`decoding_state`, maybe cut or joined since) what the next calls read."""
+
 
 @dataclass
 class LMOutput:

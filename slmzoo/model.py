@@ -22,6 +22,16 @@ class SpeechLMOutput(ModelOutput):
     aux_loss: torch.Tensor | None = None  # the adapter's auxiliary loss (CTC), already part of ``loss``
 
 
+@dataclass
+class Generated:
+    """:meth:`SpeechLM.generate_output`: new token ids ``[B, N]``, and per row the audio embeddings ``[B]`` and all
+    tokens ``[B]`` (text and audio) of its prompt."""
+
+    ids: torch.Tensor
+    audio_tokens: torch.Tensor
+    prompt_tokens: torch.Tensor
+
+
 class SpeechLM(Architecture):
     """Sections ``encoder``, ``adapter``, ``fusion`` (default ``concat``) and ``llm``; an architecture built on it
     may add sections of its own (``**sections``)."""
@@ -111,28 +121,49 @@ class SpeechLM(Architecture):
     def generate_ids(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
                      max_new_tokens: int = 128, **generation_kwargs) -> torch.Tensor:
         """:meth:`generate`'s new token ids ``[B, N]`` (rows that stopped early padded with the pad id)."""
+        return self.generate_output(audio, sampling_rate, prompts, max_new_tokens, **generation_kwargs).ids
+
+    @torch.no_grad()
+    def generate_output(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
+                        max_new_tokens: int = 128, **generation_kwargs) -> "Generated":
+        """:meth:`generate_ids` with each prompt's usage: what ``slmzoo serve`` reports for a model it cannot
+        decode step by step (an encoder-decoder LLM)."""
         if not isinstance(audio, (list, tuple)):
             audio = [audio]
-        batch = self.prepare_batch(audio, prompts, sampling_rate=sampling_rate, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
-        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        fused, usage, with_audio = self._fuse_requests(audio, prompts, sampling_rate)
         generation_kwargs.setdefault("do_sample", False)
         try:
-            with self.llm.with_audio(self.rows_with_audio(batch)):
+            with self.llm.with_audio(with_audio):
                 ids = self.llm.generate(fused.inputs_embeds, fused.attention_mask, max_new_tokens=max_new_tokens,
                                         **fused.extra, **generation_kwargs)
         finally:
             self.fusion.release()  # a later bare LLM call must not still see this batch's audio
-        return ids
+        return Generated(ids, *usage)
+
+    def _fuse_requests(self, audio: Sequence, prompts: Sequence | None, sampling_rate: int | None):
+        """Requests -> the fused, left-padded LLM inputs (audio encoded once, in one batch), each row's usage:
+        ``(audio_tokens [B], prompt_tokens [B])``, the prompt counted as its text tokens plus its audio embeddings
+        whether the fusion puts them in the sequence or keeps them as memory, and the rows with audio ``[B]``."""
+        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
+        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        tags = self.audio_tags(batch)
+        clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags.tolist())
+        audio_tokens = torch.stack([c.sum() for c in clip_tokens])
+        prompt_tokens = batch["attention_mask"].bool().sum(-1).cpu() - tags.cpu() + audio_tokens
+        return fused, (audio_tokens, prompt_tokens), tags > 0
 
     # -- step-wise decoding (continuous batching: ``slmzoo serve``) ----------------------------------------
     def supports_stepwise_decoding(self) -> bool:
-        """True when rows can join and leave a running batch between steps (:mod:`slmzoo.decoding`): a causal LM
-        and a fusion that keeps no audio memory between calls (``concat``, ``prefix``, ``token_space``)."""
+        """True when rows can join and leave a running batch between steps (:mod:`slmzoo.decoding`): a causal LM,
+        and a fusion that keeps no audio between calls (``concat``, ``prefix``, ``token_space``) or hands what it
+        keeps to the batch row by row (the memory fusions: ``cross_attention``, ``gated_xattn``, ``adapter_prompt``)."""
         from slmzoo.components import Fusion
 
-        return not self.llm.is_encoder_decoder and type(self.fusion).release is Fusion.release
+        fusion = type(self.fusion)
+        keeps_nothing = fusion.release is Fusion.release
+        return not self.llm.is_encoder_decoder and (keeps_nothing or fusion.decoding_state is not Fusion.decoding_state)
 
     @torch.no_grad()
     def prefill(self, audio: Sequence, prompts: Sequence | None = None, sampling_rate: int | None = None):
@@ -140,15 +171,10 @@ class SpeechLM(Architecture):
         batch, fused as ``generate`` fuses it. ``audio``/``prompts`` as for :meth:`generate`."""
         from slmzoo.decoding import DecodingBatch
 
-        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
-        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
-        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask,
-                                         with_audio=self.rows_with_audio(batch))
-        tags = self.audio_tags(batch).tolist()
-        clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags)
-        decoding.audio_tokens = torch.stack([c.sum() for c in clip_tokens])
+        fused, (audio_tokens, prompt_tokens), with_audio = self._fuse_requests(audio, prompts, sampling_rate)
+        decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask, fusion=self.fusion,
+                                         with_audio=with_audio)
+        decoding.audio_tokens, decoding.prompt_tokens = audio_tokens, prompt_tokens
         return decoding
 
     def audio_tags(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -61,6 +61,14 @@ class PromptFormatter:
             messages.insert(0, {"role": "system", "content": self.config.system})
         return messages
 
+    def with_context(self, instruction: str, context: str | None) -> str:
+        """``instruction`` with a request's ``context`` (earlier text, spellings, a style to follow) placed as the
+        card's ``prompt.context_format`` says; the instruction alone when the context is empty."""
+        context = (context or "").strip()
+        if not context:
+            return instruction
+        return self.config.context_format.format(instruction=instruction, context=context)
+
     def encode(self, messages: Messages, response: str | None = None) -> Encoded:
         """Token ids of the chat up to the assistant's turn, plus the response (labels only there)."""
         if messages and messages[-1].get("role") == "assistant":

@@ -7,7 +7,8 @@ with random weights, offline, in seconds. The checks:
 - ``kind``: the component subclasses its kind's contract class (``ComponentKind.base``);
 - ``meta``: the host builds on the meta device, the component's tensors all on it;
 - ``batch``: a clip alone gives what the same clip gives batched with longer ones (encoders, adapters with garbage
-  in the padding, fusions and language models: per-row logits over the real positions);
+  in the padding, fusions and language models: per-row logits over the real positions); for a fusion, also a row
+  that joins a running step-wise decoding batch and one that stays after the other left (``slmzoo serve``);
 - ``bad_input``: input it cannot take is refused with a ``ValueError`` that names it (the clip, the shape, the
   count);
 - ``roundtrip``: the host's full ``save_pretrained``, moved elsewhere, loads back with ``from_pretrained`` to the
@@ -307,6 +308,47 @@ def _fusion_batch(host: Host, model) -> None:
     if int(mask[1].sum()) != n:
         raise ContractError(f"{label}: the short row has {n} positions alone but {int(mask[1].sum())} batched")
     _close(label, "the short row's logits alone vs batched", logits[1, :n], alone[0, :n])
+    _fusion_decoding(model, label)
+
+
+def _fusion_decoding(model, label: str) -> None:
+    """Step-wise decoding (``slmzoo serve``'s continuous batching): a row that joins a running batch, and one that
+    leaves it, get the logits they get decoded alone, the same tokens fed (whatever state the fusion keeps)."""
+    from slmzoo.decoding import DecodingBatch, supports_cache
+
+    if not getattr(model, "supports_stepwise_decoding", lambda: False)():
+        return
+    waves = [w.numpy() for w in _waves(model.sampling_rate)]
+    with torch.no_grad():
+        alone = []
+        for wave in waves:
+            batch = model.prefill([wave])
+            if not supports_cache(batch.cache):  # served through generate: nothing to check
+                model.fusion.release()
+                return
+            logits = [batch.logits[0]]
+            for _ in range(2):
+                batch.step(model.llm, batch.logits.argmax(-1))
+                logits.append(batch.logits[0])
+            model.fusion.release()
+            alone.append(torch.stack(logits))
+        tokens = [a.argmax(-1) for a in alone]  # what each row is fed, alone and together
+        batch = model.prefill([waves[0]])
+        first = [batch.logits[0]]
+        batch.step(model.llm, tokens[0][:1])
+        batch = DecodingBatch.concat([batch, model.prefill([waves[1]])])  # the second row joins
+        first.append(batch.logits[0])
+        second = [batch.logits[1]]
+        batch.step(model.llm, torch.stack([tokens[0][1], tokens[1][0]]))
+        first.append(batch.logits[0])
+        second.append(batch.logits[1])
+        batch.select([1])  # the first row leaves
+        batch.step(model.llm, tokens[1][1:2])
+        second.append(batch.logits[0])
+        model.fusion.release()
+    _close(label, "a row decoded step by step, the second row joining it, vs alone", torch.stack(first), alone[0])
+    _close(label, "a row joining a running batch and staying after the other left, vs alone", torch.stack(second),
+           alone[1])
 
 
 def _llm_batch(host: Host, model) -> None:

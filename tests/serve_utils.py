@@ -16,22 +16,35 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO.parent / "shared" / "data" / "digits"
 
 
-def tiny_model(directory: Path, seed: int = 0, scale: float = 4.0) -> Path:
-    """``cards/salm.yaml --preset tiny`` saved to ``directory``. The LLM's matrices are scaled up: at the random
-    initial scale every answer is the same few spaces, which would make equality tests trivially true."""
+def varied_model(card: str = "salm", seed: int = 0, scale: float = 4.0, fusion_scale: float = 16.0):
+    """``cards/CARD.yaml --preset tiny`` whose greedy answers vary with the audio: the LLM's matrices scaled up (at
+    the random initial scale every answer is the same few spaces, which would make equality tests trivially true)
+    and a memory fusion opened and scaled up (it starts closed, zero gates and zero residual outputs: the untrained
+    fusion ignores the audio, so rows attending to the wrong memory would still agree)."""
     import torch
 
     from slmzoo.cli.common import load_model
 
-    if (directory / "card.yaml").is_file():
-        return directory
     torch.manual_seed(seed)
-    model = load_model(str(REPO / "cards" / "salm.yaml"), "tiny")
+    model = load_model(str(REPO / "cards" / f"{card}.yaml"), "tiny")
     with torch.no_grad():
         for parameter in model.llm.parameters():
             if parameter.dim() >= 2:
                 parameter.mul_(scale)
-    model.save_pretrained(directory)
+        for name, parameter in model.fusion.named_parameters():
+            if "gate" in name:
+                parameter.fill_(1.0)
+            elif parameter.dim() > 1 and not parameter.any():
+                parameter.normal_(0.0, 0.2)
+            if parameter.dim() > 1:
+                parameter.mul_(fusion_scale)
+    return model
+
+
+def tiny_model(directory: Path, card: str = "salm", seed: int = 0) -> Path:
+    """:func:`varied_model` saved to ``directory`` (kept if it is there already)."""
+    if not (directory / "card.yaml").is_file():
+        varied_model(card, seed).save_pretrained(directory)
     return directory
 
 

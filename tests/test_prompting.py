@@ -76,3 +76,15 @@ def test_llama2_system_block():
 def test_unknown_template_name_is_refused():
     with pytest.raises(PromptError, match="neither a built-in format"):
         resolve_chat_template("chatmlx", byte_level_tokenizer())
+
+
+def test_a_requests_context_joins_the_instruction_as_the_card_says():
+    f = formatter(user_format="{instruction} {audio}")
+    assert f.with_context("Transcribe.", "  ") == "Transcribe." and f.with_context("Transcribe.", None) == "Transcribe."
+    ids = f.encode(f.messages(f.with_context("Transcribe.", "six {0} six"), num_audio=1)).input_ids
+    assert f.tokenizer.decode(ids).startswith("<|im_start|>user\nTranscribe. Context: six {0} six <|audio|>")
+    own = formatter(user_format="{audio}{instruction}", context_format="Earlier: {context}\n{instruction}")
+    assert own.with_context("Transcribe.", "one two") == "Earlier: one two\nTranscribe."
+    for bad, message in (("{instruction} {ctx}", "only the placeholders"), ("{instruction}", "add {context}")):
+        with pytest.raises(ValueError, match=message):
+            PromptConfig(context_format=bad)

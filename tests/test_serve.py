@@ -164,6 +164,10 @@ def test_stop_strings_and_seeded_sampling(server):
     cut = post_chat(server, chat_body([audio_part(FLAC[3], "flac")], max_tokens=24, stop=[stop])).json()
     assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)].strip()
     assert cut["choices"][0]["finish_reason"] == "stop"
+    # a stop string at the very start leaves an empty answer: an error, never a 200 with nothing in it
+    empty = chat_body([audio_part(FLAC[3], "flac")], max_tokens=24, stop=[text[:2]])
+    assert_error(post_chat(server, empty), 422, "empty_answer")
+    assert_error(post_chat(server, {**empty, "stream": True}), 422, "empty_answer")  # before the stream starts
     sampled = [post_chat(server, chat_body([audio_part(FLAC[3], "flac")], max_tokens=24, temperature=1.0,
                                            seed=seed)).json()["choices"][0]["message"]["content"] for seed in (7, 7, 8)]
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
@@ -190,7 +194,7 @@ def test_transcription_in_every_format(server, client):
     for fmt in ("text", "srt", "vtt", "verbose_json"):
         r = httpx.post(server.url + "/v1/audio/transcriptions", headers=auth(), timeout=60,
                        files={"file": (path.name, FLAC[0], "audio/flac")},
-                       data={"model": MODEL, "response_format": fmt, "language": "en", "prompt": "digits"})
+                       data={"model": MODEL, "response_format": fmt, "language": "en"})
         assert r.status_code == 200, r.text
         if fmt == "text":
             assert r.text.strip() == expected.strip()
@@ -206,6 +210,28 @@ def test_transcription_in_every_format(server, client):
     bad_format = httpx.post(server.url + "/v1/audio/transcriptions", headers=auth(),
                             files={"file": ("a.flac", FLAC[0])}, data={"model": MODEL, "response_format": "xml"})
     assert_error(bad_format, 400)
+
+
+def test_transcription_prompt_reaches_the_prompt_tokens(server, model_dir):
+    """OpenAI's ``prompt`` (earlier text, spellings) joins the card's instruction by its ``prompt.context_format``."""
+    import slmzoo
+
+    processor = slmzoo.load_processor(model_dir)
+    instruction = processor.prompt.tasks["asr"]
+    added = (len(processor.encode(processor.formatter.with_context(instruction, "six five")).input_ids)
+             - len(processor.encode(instruction).input_ids))
+    assert added == len(" Context: six five")  # the byte tokenizer: one token per byte
+
+    def transcribe(**data):
+        r = httpx.post(server.url + "/v1/audio/transcriptions", headers=auth(), timeout=60,
+                       files={"file": ("a.flac", FLAC[2], "audio/flac")}, data={"model": MODEL, **data})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    plain, prompted, blank = transcribe(), transcribe(prompt="six five"), transcribe(prompt="  ")
+    assert prompted["usage"]["input_tokens"] == plain["usage"]["input_tokens"] + added
+    assert prompted["usage"]["input_token_details"]["audio_tokens"] == plain["usage"]["input_token_details"]["audio_tokens"]
+    assert blank == plain
 
 
 def test_transcription_streaming_events(server):
@@ -283,6 +309,32 @@ def test_concurrent_burst_equals_each_request_alone(server):
     rows_per_step = (metric(server, "batch_size_sum") - batches_before) / (metric(server, "batch_size_count")
                                                                            - steps_before)
     assert rows_per_step > 2  # they really were decoded together
+
+
+def test_memory_fusion_burst_equals_each_request_alone(tmp_path_factory):
+    """Audio Flamingo (gated cross-attention to an audio memory) in continuous batches: the requests of a burst
+    join and leave the running batch, and each answer equals the same request sent alone."""
+    model = tiny_model(tmp_path_factory.mktemp("serve-flamingo") / "model", card="audio-flamingo")
+    with ServerProcess(model, "--served-model-name", MODEL) as flamingo:
+        assert httpx.get(flamingo.url + "/ready").json()["models"][MODEL]["mode"] == "continuous"
+        bodies = [chat_body([audio_part(FLAC[i % 6], "flac")], max_tokens=6 + 3 * (i % 4)) for i in range(12)]
+
+        def post(body):
+            return httpx.post(flamingo.url + "/v1/chat/completions", json=body, timeout=120)
+
+        alone = [post(b).json() for b in bodies]
+        answers = [a["choices"][0]["message"]["content"] for a in alone]
+        assert len(set(answers)) > 3  # the answers differ: the comparison below means something
+        steps_before = metric(flamingo, "batch_size_count")
+        rows_before = metric(flamingo, "batch_size_sum")
+        with ThreadPoolExecutor(12) as pool:
+            burst = [r.json() for r in pool.map(post, bodies)]
+        assert [r["choices"][0]["message"]["content"] for r in burst] == answers
+        assert [r["usage"] for r in burst] == [a["usage"] for a in alone]
+        assert all(0 < a["usage"]["prompt_tokens_details"]["audio_tokens"] < a["usage"]["prompt_tokens"] for a in alone)
+        rows_per_step = ((metric(flamingo, "batch_size_sum") - rows_before)
+                         / (metric(flamingo, "batch_size_count") - steps_before))
+        assert rows_per_step > 2  # they really were decoded together
 
 
 def test_client_disconnect_stops_decoding(server):

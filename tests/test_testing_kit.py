@@ -58,14 +58,30 @@ class Careless(GoodAdapter):
         return AdapterOutput(zero_padding(self.proj(hidden[:, :, :]), lengths), lengths)
 
 
+def forgetful_fusion(options, context):
+    """Gated cross-attention that hands its audio memory to a decoding batch but ignores it when given back: every
+    row of a batch attends to the memory of the last prefill."""
+    from slmzoo_plugins.fusion.gated_xattn import GatedCrossAttentionFusion
+
+    class Forgetful(GatedCrossAttentionFusion):
+        def use_decoding_state(self, state):
+            pass
+
+    return Forgetful(options, context)
+
+
 class KitPlugin:
     @staticmethod
     @slmzoo.hookimpl
     def slmzoo_register_components(register):
+        from slmzoo_plugins.fusion.specs import GatedXAttnOptions
+
         for name, cls in (("kit_good", GoodAdapter), ("kit_leaky", LeakyAdapter), ("kit_untyped", Untyped),
                           ("kit_careless", Careless)):
             register(ComponentSpec(kind="adapter", name=name, description="kit test", options=Options,
                                    factory=f"tests.test_testing_kit:{cls.__name__}", example={}))
+        register(ComponentSpec(kind="fusion", name="kit_forgetful", description="kit test", options=GatedXAttnOptions,
+                               factory="tests.test_testing_kit:forgetful_fusion", example={"num_heads": 4}))
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +105,11 @@ def test_a_correct_component_passes_every_check(tmp_path):
 def test_a_broken_contract_is_caught_and_explained(name, check, message, tmp_path):
     with pytest.raises(ContractError, match=message):
         check_component("adapter", name, check, tmp_path)
+
+
+def test_a_fusion_whose_rows_lose_their_memory_in_a_running_batch_is_caught(tmp_path):
+    with pytest.raises(ContractError, match="joining .* vs alone"):
+        check_component("fusion", "kit_forgetful", "batch", tmp_path)
 
 
 def test_a_component_without_host_or_example_is_told_what_to_add():

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmzoo.components import FusedInputs, Fusion
+from slmzoo.components import FusedInputs
 from slmzoo.fusion_utils import audio_tag_counts, drop_audio_tags
-from slmzoo_plugins.fusion.memory import AudioMemory, pad_memory
+from slmzoo_plugins.fusion.memory import AudioMemory, MemoryFusion, pad_memory
 
 
-class AdapterPromptFusion(Fusion):
+class AdapterPromptFusion(MemoryFusion):
     def __init__(self, options, context):
         super().__init__()
         llm = context.llm
@@ -42,13 +42,9 @@ class AdapterPromptFusion(Fusion):
         self.audio_proj = nn.Linear(dim, dim)
         self.gates = nn.Parameter(torch.zeros(num_layers, heads))  # zero-init attention: starts as the LLM
         self.to(llm.dtype)
-        self.audio = AudioMemory()
         self.rotate_queries = llm.rotate_queries  # a bound method, not a submodule: deepcopy maps it to the copy
         for j, attn in enumerate(self.attns):
             attn.register_forward_hook(partial(self._attention_hook, j), with_kwargs=True)
-
-    def release(self) -> None:
-        self.audio.clear()
 
     @staticmethod
     def _attention(layer) -> nn.Module:
@@ -96,5 +92,5 @@ class AdapterPromptFusion(Fusion):
         counts = audio_tag_counts(llm, input_ids, attention_mask, len(audio_embeds))
         memory, memory_mask = pad_memory(audio_embeds, counts, self.prompts.dtype)
         input_ids, attention_mask, labels = drop_audio_tags(llm, input_ids, attention_mask, labels, padding_side)
-        self.audio.set(memory, memory_mask)
+        self.audio = AudioMemory(memory, memory_mask)
         return FusedInputs(inputs_embeds=llm.embed(input_ids), attention_mask=attention_mask, labels=labels)

@@ -27,9 +27,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slmzoo.components import FusedInputs, Fusion
+from slmzoo.components import FusedInputs
+from slmzoo.decoding import first_used_column, left_pad
 from slmzoo.fusion_utils import audio_tag_counts, drop_audio_tags
-from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttention, pad_memory
+from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttention, MemoryFusion, pad_memory
 
 
 class CrossAttentionBlock(nn.Module):
@@ -64,12 +65,10 @@ class CrossAttentionBlock(nn.Module):
 
 class TextContext:
     """What the text self-attention of a cached decoding step attends to: ``prompt_mask [B, L]`` set by ``fuse``,
-    then each block's inputs ``states`` at every text position so far and their ``mask``."""
+    then each block's inputs ``states`` (``[B, P, D]`` each) at every text position so far and their ``mask
+    [B, P]``. Rows are left-padded like the KV cache: ``select`` and ``concat`` pad and cut them the same way."""
 
-    def __init__(self):
-        self.clear()
-
-    def clear(self, prompt_mask: torch.Tensor | None = None) -> None:
+    def __init__(self, prompt_mask: torch.Tensor | None = None):
         self.prompt_mask, self.states, self.mask = prompt_mask, None, None
 
     def before(self, batch: int, length: int, device) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
@@ -85,8 +84,33 @@ class TextContext:
             past, mask = [p.repeat_interleave(k, 0) for p in past], mask.repeat_interleave(k, 0)
         return torch.cat([mask, new], 1), past
 
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index [B']`` (in place); positions no remaining row uses are cut off the left."""
+        if self.states is None:
+            self.prompt_mask = None if self.prompt_mask is None else self.prompt_mask[index]
+            return
+        mask = self.mask[index]
+        start = first_used_column(mask)
+        self.states, self.mask = [s[index, start:] for s in self.states], mask[:, start:]
 
-class CrossAttentionFusion(Fusion):
+    @classmethod
+    def concat(cls, contexts: list["TextContext"]) -> "TextContext":
+        """The rows of every context, in order, left-padded with masked zeros to the longest text."""
+        if all(c.states is None for c in contexts):
+            return cls()  # no self-attention, or no audio: nothing is kept between steps
+        if any(c.states is None for c in contexts):
+            raise ValueError("a prompt that has not been through the fusion cannot join a decoding batch")
+        joined = cls()
+        width = max(c.mask.shape[1] for c in contexts)
+        joined.mask = torch.cat([left_pad(c.mask, width, dim=1) for c in contexts])
+        joined.states = [torch.cat([left_pad(c.states[i], width, dim=1) for c in contexts])
+                         for i in range(len(contexts[0].states))]
+        return joined
+
+
+class CrossAttentionFusion(MemoryFusion):
+    STATE = {"audio": AudioMemory, "text": TextContext}
+
     def __init__(self, options, context):
         super().__init__()
         llm = context.llm
@@ -95,16 +119,10 @@ class CrossAttentionFusion(Fusion):
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, options.num_heads, options.ffn_mult, options.self_attention)
                                     for _ in range(options.num_layers))
         self.to(llm.dtype)
-        self.audio = AudioMemory()
-        self.text = TextContext()
         self.is_encoder_decoder = llm.is_encoder_decoder
         if not self.is_encoder_decoder:
             # A bound method, not a submodule of the LLM: no shared weights, and deepcopy maps it to the copy.
             llm.input_embeddings().register_forward_hook(self._embedding_hook)
-
-    def release(self) -> None:
-        self.audio.clear()
-        self.text.clear()
 
     def cross_attend(self, embeds: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """``embeds [B, L, D]`` -> the same embeddings plus every block's residual update from the audio (and,
@@ -130,8 +148,7 @@ class CrossAttentionFusion(Fusion):
         counts = audio_tag_counts(llm, input_ids, attention_mask, len(audio_embeds))
         memory, memory_mask = pad_memory(audio_embeds, counts, self.blocks[0].norm.weight.dtype)
         input_ids, attention_mask, labels = drop_audio_tags(llm, input_ids, attention_mask, labels, padding_side)
-        self.audio.set(memory, memory_mask)
-        self.text.clear(attention_mask)
+        self.audio, self.text = AudioMemory(memory, memory_mask), TextContext(attention_mask)
         embeds = llm.embed(input_ids)  # through the hook: already cross-attended
         if self.is_encoder_decoder and memory is not None:
             embeds = self.cross_attend(embeds, memory, memory_mask)

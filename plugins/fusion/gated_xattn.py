@@ -19,9 +19,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from slmzoo.components import FusedInputs, Fusion
+from slmzoo.components import FusedInputs
 from slmzoo.fusion_utils import audio_tag_counts, drop_audio_tags
-from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttention, pad_memory
+from slmzoo_plugins.fusion.memory import AudioMemory, FeedForward, MemoryAttention, MemoryFusion, pad_memory
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -46,7 +46,7 @@ class GatedCrossAttentionBlock(nn.Module):
         return x + self.ffn_gate.tanh() * self.ffn(x)
 
 
-class GatedCrossAttentionFusion(Fusion):
+class GatedCrossAttentionFusion(MemoryFusion):
     def __init__(self, options, context):
         super().__init__()
         llm = context.llm
@@ -55,13 +55,9 @@ class GatedCrossAttentionFusion(Fusion):
         self.blocks = nn.ModuleList(GatedCrossAttentionBlock(llm.hidden_size, options.num_heads, options.ffn_mult,
                                                              options.zero_init) for _ in self.layer_ids)
         self.to(llm.dtype)
-        self.audio = AudioMemory()
         for block, i in zip(self.blocks, self.layer_ids):
             # partial of a bound method (not a closure), so deepcopy of the model maps it to the copies.
             layers[i].register_forward_pre_hook(partial(self._layer_hook, block), with_kwargs=True)
-
-    def release(self) -> None:
-        self.audio.clear()
 
     def _layer_hook(self, block: GatedCrossAttentionBlock, layer, args, kwargs):
         """Runs ``block`` on the hidden states entering ``layer``."""
@@ -80,5 +76,5 @@ class GatedCrossAttentionFusion(Fusion):
         counts = audio_tag_counts(llm, input_ids, attention_mask, len(audio_embeds))
         memory, memory_mask = pad_memory(audio_embeds, counts, self.blocks[0].attn_gate.dtype)
         input_ids, attention_mask, labels = drop_audio_tags(llm, input_ids, attention_mask, labels, padding_side)
-        self.audio.set(memory, memory_mask)
+        self.audio = AudioMemory(memory, memory_mask)
         return FusedInputs(inputs_embeds=llm.embed(input_ids), attention_mask=attention_mask, labels=labels)

@@ -6,6 +6,10 @@ row's clips (concatenated in tag order) into ``memory [B, M, D]`` with ``memory_
 them on the fusion (:class:`AudioMemory`) for the duration of the following forward or ``generate``: the
 next ``fuse`` replaces them. The fusion's module hooks read them on every call, so tokens generated with
 the KV cache attend to the audio too.
+
+For continuous batching (:mod:`slmzoo.decoding`) the state is per row and leaves the fusion with its rows
+(:class:`MemoryFusion`): ``fuse`` and ``release`` put *new* state objects on the fusion, never clearing the ones
+a running batch still holds, and the batch joins (``concat``) and cuts (``select``) them with its KV cache.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmzoo.components import lengths_to_mask
+from slmzoo.components import Fusion, lengths_to_mask
 
 
 def pad_memory(audio_embeds: list[torch.Tensor], counts: list[int], dtype: torch.dtype):
@@ -38,18 +42,12 @@ def pad_memory(audio_embeds: list[torch.Tensor], counts: list[int], dtype: torch
 
 
 class AudioMemory:
-    """``memory [B, M, D]`` and ``mask [B, M]`` set by ``fuse``; ``for_batch`` follows generate's batch
-    expansion (beam search, ``num_return_sequences``: each row repeated ``k`` times, consecutively)."""
+    """``memory [B, M, D]`` and ``mask [B, M]`` set by ``fuse`` (``None``: no audio); ``for_batch`` follows
+    generate's batch expansion (beam search, ``num_return_sequences``: each row repeated ``k`` times,
+    consecutively). Rows are right-padded: ``select`` and ``concat`` keep each row's frames where they were."""
 
-    def __init__(self):
-        self.memory: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None
-
-    def set(self, memory: torch.Tensor | None, mask: torch.Tensor | None = None) -> None:
+    def __init__(self, memory: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         self.memory, self.mask = memory, mask
-
-    def clear(self) -> None:
-        self.set(None, None)
 
     def for_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         memory, mask = self.memory, self.mask
@@ -59,6 +57,47 @@ class AudioMemory:
             k = batch // memory.shape[0]
             memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
         return memory, mask
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index [B']`` (in place); frames past the longest remaining row are cut."""
+        if self.memory is None:
+            return
+        self.memory, self.mask = self.memory[index], self.mask[index]
+        width = max(int(self.mask.sum(1).max()), 1) if len(index) else 1
+        self.memory, self.mask = self.memory[:, :width], self.mask[:, :width]
+
+    @classmethod
+    def concat(cls, states: list["AudioMemory"]) -> "AudioMemory":
+        """The rows of every state, in order, right-padded with masked zeros to the widest memory."""
+        if all(s.memory is None for s in states):
+            return cls()
+        if any(s.memory is None for s in states):
+            raise ValueError("rows without any audio cannot join a decoding batch with audio memory")
+        width = max(s.memory.shape[1] for s in states)
+        memory = torch.cat([F.pad(s.memory, (0, 0, 0, width - s.memory.shape[1])) for s in states])
+        return cls(memory, torch.cat([F.pad(s.mask, (0, width - s.mask.shape[1])) for s in states]))
+
+
+class MemoryFusion(Fusion):
+    """A fusion whose hooks read state ``fuse`` sets: one attribute per entry of ``STATE`` (name -> class of a
+    fresh, empty state). ``release`` and the decoding-state pair of :class:`~slmzoo.components.Fusion` follow."""
+
+    STATE: dict[str, type] = {"audio": AudioMemory}
+
+    def __init__(self):
+        super().__init__()
+        self.release()
+
+    def release(self) -> None:
+        for name, state in self.STATE.items():  # new objects: a running decoding batch keeps the old ones
+            setattr(self, name, state())
+
+    def decoding_state(self) -> dict:
+        return {name: getattr(self, name) for name in self.STATE}
+
+    def use_decoding_state(self, state: dict) -> None:
+        for name in self.STATE:
+            setattr(self, name, state[name])
 
 
 class MemoryAttention(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from slmzoo.registry import DEFAULT_ARCHITECTURE, ArchitectureSpec
 
@@ -45,6 +45,21 @@ class PromptConfig(Strict):
         description="Task name -> instruction used when a data item names no prompt.",
     )
     default_task: str = Field("asr", description="Task used for items that name none.")
+    context_format: str = Field(
+        "{instruction} Context: {context}",
+        description="How a request's context joins a task instruction: the prompt of slmzoo serve's transcriptions "
+        "(OpenAI's prompt: earlier text of the recording, spellings, a style to follow); {instruction}, {context}.")
+
+    @field_validator("context_format")
+    @classmethod
+    def _places_both(cls, value: str) -> str:
+        try:
+            value.format(instruction="", context="")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("only the placeholders {instruction} and {context} may appear (double other braces)") from None
+        if "{context}" not in value:
+            raise ValueError("must place the context: add {context}")
+        return value
 
 
 class AugmentConfig(Strict):

@@ -353,9 +353,11 @@ def create_app(models: dict[str, Any], limits: Limits | None = None, api_key: st
             raise bad_request(f"response_format must be one of {', '.join(transcripts.FORMATS)}", "response_format")
         temperature = _form_float(form.get("temperature"), "temperature", 0.0, 1.0)
         stream = (form.get("stream") or "false").lower() in ("true", "1")
-        instruction = _task_instruction(scheduler.model, task)
-        clip = await server.clip(await upload.read(), scheduler.model.processor.sampling_rate, "file")
         formatter = scheduler.model.processor.formatter
+        # OpenAI's prompt (earlier text of the recording, spellings, a style) joins the card's task instruction
+        # (a text field: the one file the form may hold is the audio)
+        instruction = formatter.with_context(_task_instruction(scheduler.model, task), form.get("prompt"))
+        clip = await server.clip(await upload.read(), scheduler.model.processor.sampling_rate, "file")
         messages = formatter.messages(instruction, num_audio=1)
         job, queue = server.job(messages, [clip.wave], clip.seconds, limits.default_max_tokens,
                                 temperature=temperature)
@@ -426,12 +428,16 @@ def _form_float(value, param: str, low: float, high: float) -> float:
     return number
 
 
-def _task_instruction(model, task: str) -> str | None:
+def _task_instruction(model, task: str) -> str:
     """The card's instruction for ``task``: its default task (``asr``) for transcription; a translation task
     (``ast``, ``st``, ...) for translation, which a card without one does not offer (400)."""
     tasks = model.processor.prompt.tasks
     if task == "transcribe":
-        return tasks.get("asr", tasks.get(model.processor.prompt.default_task))
+        instruction = tasks.get("asr", tasks.get(model.processor.prompt.default_task))
+        if instruction is None:
+            raise bad_request(f"this model's card has no transcription task (its tasks: {', '.join(tasks)})", "model",
+                              "no_transcription_task")
+        return instruction
     for name in TRANSLATION_TASKS:
         if name in tasks:
             return tasks[name]

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
 import ipaddress
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -105,9 +108,14 @@ def data_url_bytes(url: str, limits: Limits, param: str) -> bytes:
 
 
 # -- fetching http(s) URLs -------------------------------------------------------------------------------------
-def check_url(url: str, limits: Limits, param: str, resolve=None) -> None:
+# The address checked is the address connected to: each connection resolves its host once, refuses it unless every
+# address is public, and connects to one of those (the Host header and TLS SNI and certificate keep the name). A
+# name resolved again after the check could point somewhere else by then (DNS rebinding). Environment proxies are
+# not used: the connection goes to the checked address, not to a proxy.
+def check_url(url: str, limits: Limits, param: str, resolve=None) -> list[str]:
     """Refuse a URL unless fetching is on, its host is on the allow-list and every address it resolves to is a
-    public one (no private, loopback, link-local, multicast or reserved address: no SSRF into the network)."""
+    public one (no private, loopback, link-local, multicast or reserved address: no SSRF into the network).
+    Returns those addresses."""
     if not limits.allowed_audio_hosts:
         raise bad_request("fetching audio URLs is off on this server (--allow-audio-host enables it); "
                           "send the audio as input_audio or a data: URL", param, "url_fetching_disabled")
@@ -117,14 +125,62 @@ def check_url(url: str, limits: Limits, param: str, resolve=None) -> None:
     host = parts.hostname.lower()
     if host not in {h.lower() for h in limits.allowed_audio_hosts}:
         raise bad_request(f"audio host {host!r} is not allowed (--allow-audio-host)", param, "host_not_allowed")
+    return public_addresses(host, parts.port or (443 if parts.scheme == "https" else 80), param, resolve)
+
+
+def public_addresses(host: str, port: int, param: str, resolve=None) -> list[str]:
+    """The addresses ``host`` resolves to, in the resolver's order; a 400 unless every one is public."""
     resolve = resolve or socket.getaddrinfo
     try:
-        addresses = {info[4][0] for info in resolve(host, parts.port or (443 if parts.scheme == "https" else 80))}
+        addresses = list(dict.fromkeys(info[4][0] for info in resolve(host, port, type=socket.SOCK_STREAM)))
     except (OSError, UnicodeError):
         raise bad_request(f"audio host {host!r} does not resolve", param, "invalid_url") from None
     for address in addresses:
         if not ipaddress.ip_address(address.split("%")[0]).is_global:
             raise bad_request(f"audio host {host!r} resolves to a non-public address", param, "host_not_allowed")
+    return addresses
+
+
+def _connect_checked(address: tuple[str, int], timeout, source_address=None, *, param: str) -> socket.socket:
+    """``http.client``'s socket factory: ``address`` is ``(name, port)``; the socket goes to a checked address."""
+    host, port = address
+    error: OSError | None = None
+    for ip in public_addresses(host, port, param):
+        try:
+            return socket.create_connection((ip, port), timeout, source_address)
+        except OSError as failure:
+            error = failure
+    raise error or OSError(f"no address to connect to for {host}")
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, param: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = partial(_connect_checked, param=param)
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, param: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = partial(_connect_checked, param=param)  # then TLS to the name (SNI, certificate)
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, param: str):
+        super().__init__()
+        self.param = param
+
+    def http_open(self, req):
+        return self.do_open(partial(_CheckedHTTPConnection, param=self.param), req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, param: str):
+        super().__init__(context=ssl.create_default_context())
+        self.param = param
+
+    def https_open(self, req):
+        return self.do_open(partial(_CheckedHTTPSConnection, param=self.param), req, context=self._context)
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
@@ -144,7 +200,8 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 def fetch_url(url: str, limits: Limits, param: str) -> bytes:
     """GET an http(s) audio URL under the checks, the timeout and the size cap (enforced while reading)."""
     check_url(url, limits, param)
-    opener = urllib.request.build_opener(_CheckedRedirects(limits, param))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _CheckedHTTPHandler(param),
+                                         _CheckedHTTPSHandler(param), _CheckedRedirects(limits, param))
     try:
         with opener.open(urllib.request.Request(url, headers={"User-Agent": "slmzoo-serve"}),
                          timeout=limits.fetch_timeout_seconds) as response:

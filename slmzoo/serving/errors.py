@@ -7,8 +7,8 @@ from typing import Any
 #: HTTP status -> OpenAI's error ``type`` (the names the openai client maps statuses to).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                408: "timeout_error", 413: "invalid_request_error", 415: "invalid_request_error",
-               429: "rate_limit_error", 499: "cancelled", 500: "server_error", 503: "server_error",
-               504: "timeout_error"}
+               422: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled", 500: "server_error",
+               503: "server_error", 504: "timeout_error"}
 
 
 class APIError(Exception):

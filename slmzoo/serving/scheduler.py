@@ -8,12 +8,17 @@ batch companions.
 
 Modes, chosen from the model at startup:
 
-- ``continuous``: rows join and leave between steps (fusions without audio memory: concat, prefix, token_space).
-- ``static``: fusions that keep audio memory in the LLM's layers (cross_attention, gated_xattn, adapter_prompt)
-  hold one memory per batch, so new requests join only when the batch is empty; a finished or cancelled row stops
-  receiving text at once but stays in the batch (computing padding) until the batch ends.
-- ``generate``: anything else (encoder-decoder LLMs, other caches): one request at a time through ``generate``,
-  its text sent in one piece.
+- ``continuous``: rows join and leave between steps: every fusion of a causal LM, those that keep no audio
+  (concat, prefix, token_space) and those whose hooks attend to an audio memory (cross_attention, gated_xattn,
+  adapter_prompt: the memory is per row state of the decoding batch, joined and cut with its KV cache).
+- ``static``: a fusion that keeps state between calls without handing it to the batch row by row (a third party's
+  that overrides ``Fusion.release`` only) holds one state per batch, so new requests join only when the batch is
+  empty; a finished or cancelled row stops receiving text at once but stays in the batch until the batch ends.
+- ``generate``: anything else (encoder-decoder LLMs, other caches): one request at a time through
+  ``generate_output`` (``generate`` for an architecture without it), its text sent in one piece.
+
+An answer that is empty after stripping (the model ended its turn at once, or wrote only spaces) is not a 200 with
+nothing in it: the request fails with 422 ``empty_answer`` (OpenAI's clients do not retry a 422).
 """
 
 from __future__ import annotations
@@ -195,7 +200,7 @@ class Scheduler:
             if not jobs:
                 return
             batch = self.model.prefill([j.waves for j in jobs], [j.messages for j in jobs])
-        for job, length, audio in zip(jobs, batch.mask.sum(1).tolist(), batch.audio_tokens.tolist()):
+        for job, length, audio in zip(jobs, batch.prompt_tokens.tolist(), batch.audio_tokens.tolist()):
             job.prompt_tokens, job.audio_tokens = int(length), int(audio)
             job.generator = self._generator(job)
             self.metrics.prompt_tokens.inc(job.prompt_tokens, model_name=self.name)
@@ -292,10 +297,15 @@ class Scheduler:
             job.send(("delta", text[len(job.sent):]))
             job.sent = text
 
-    def _finish(self, job: Job, text: str, reason: str) -> None:
+    def _finish(self, job: Job, text: str, reason: str, completion: int | None = None) -> None:
+        """Send the rest of the answer and the final event (an error if the answer is empty). ``completion``: the
+        tokens generated, when not ``job.tokens`` plus the stop token."""
         self._send_delta(job, text, final=True)
         job.finished = True
-        completion = len(job.tokens) + (1 if reason == "stop" and not job.ignore_eos else 0)
+        if completion is None:
+            completion = len(job.tokens) + (1 if reason == "stop" and not job.ignore_eos else 0)
+        if not job.sent:
+            return self._fail(job, empty_answer(reason, completion))
         self.metrics.e2e.observe(time.monotonic() - job.arrival, model_name=self.name)
         self.metrics.success.inc(model_name=self.name, finished_reason=reason)
         job.send(("done", {"text": job.sent, "finish_reason": reason, "tokens": list(job.tokens), "prompt_tokens": job.prompt_tokens,
@@ -327,12 +337,29 @@ class Scheduler:
         kwargs = {"do_sample": job.temperature > 0}
         if job.temperature > 0:
             kwargs.update(temperature=job.temperature, top_p=job.top_p)
+        request = dict(audio=[job.waves], prompts=[job.messages], max_new_tokens=job.max_tokens, **kwargs)
         try:
-            text = self.model.generate(audio=[job.waves], prompts=[job.messages], max_new_tokens=job.max_tokens,
-                                       **kwargs)[0]
+            if hasattr(self.model, "generate_output"):
+                out = self.model.generate_output(**request)
+                row = out.ids[0].tolist()
+                job.prompt_tokens, job.audio_tokens = int(out.prompt_tokens[0]), int(out.audio_tokens[0])
+            else:  # an architecture with generate() only: its text, tokenized again
+                text = self.model.generate(**request)[0]
+                row = self.tokenizer(text, add_special_tokens=False).input_ids
         except Exception as error:  # noqa: BLE001
             return self._drop(job, APIError(400, f"the model cannot take this request: {error}", "invalid_input"))
-        job.tokens = self.tokenizer(text, add_special_tokens=False).input_ids
+        stop_at = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+        job.tokens = row if stop_at is None else row[:stop_at]
         self.metrics.ttft.observe(time.monotonic() - job.arrival, model_name=self.name)
-        self._finish(job, self._text(job)[0] if job.stop else text,
-                     "length" if len(job.tokens) >= job.max_tokens else "stop")
+        self.metrics.generation_tokens.inc(len(row) if stop_at is None else stop_at + 1, model_name=self.name)
+        text, hit_stop = self._text(job)
+        stopped = stop_at is not None or hit_stop or len(row) < job.max_tokens  # the model ended before the limit
+        self._finish(job, text, "stop" if stopped else "length", completion=len(row) if stop_at is None else stop_at + 1)
+
+
+def empty_answer(reason: str, tokens: int) -> APIError:
+    """What a request whose answer is empty gets instead of a 200 with no text."""
+    how = ("ended its turn at once" if reason == "stop" and tokens <= 1
+           else f"wrote no text in {tokens} token{'s' if tokens != 1 else ''}")
+    return APIError(422, f"the model's answer is empty: it {how} (the audio may hold nothing it recognises); "
+                         "try another instruction, a larger max_tokens or a temperature above 0", "empty_answer")
