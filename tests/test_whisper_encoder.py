@@ -198,19 +198,22 @@ def test_variable_length_split_encodes_the_clips_log_mel_in_3000_frame_windows(c
     rounds each window of a long clip up to whole groups: zeros past a full window's 1500 frames, the tower's
     output at the last window's padded positions."""
     folder, _ = checkpoint
-    waves = clips(1.3, 45.01)  # 4501 mel frames: windows of 3000 and 1501 (751 frames)
+    waves = clips(1.3, 45.01, 31.0)  # 4501 mel frames: windows of 3000 and 1501 (751 frames); 3100: 3000 and 100
     audio, lengths = batch(waves)
     split = build(pretrained=str(folder), config=None, long_clips="split")
     aligned = build(pretrained=str(folder), config=None, long_clips="split", window_multiple=8)
     plain = build(pretrained=str(folder), config=None)
     with torch.no_grad():
         out, grouped = split(audio, lengths), aligned(audio, lengths)
-        alone = split(waves[1][None], lengths[1:])
+        alone = [split(waves[b][None], lengths[b : b + 1]) for b in (1, 2)]
         short = plain(waves[0][None], lengths[:1])
-        mels, _ = plain.features(waves[1][None], lengths[1:])
-    assert split.windows(lengths).tolist() == [1, 2]
-    assert out.lengths.tolist() == [65, 1500 + 751] and grouped.lengths.tolist() == [65, 1504 + 752]
-    torch.testing.assert_close(out.hidden[1], alone.hidden[0], atol=1e-5, rtol=1e-5)
+        mels, _ = plain.features(waves[1][None], lengths[1:2])
+    assert split.windows(lengths).tolist() == [1, 2, 2]
+    assert out.lengths.tolist() == [65, 1500 + 751, 1500 + 50]
+    assert grouped.lengths.tolist() == [65, 1504 + 752, 1504 + 56]
+    for b in (1, 2):
+        n = int(out.lengths[b])
+        torch.testing.assert_close(out.hidden[b, :n], alone[b - 1].hidden[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.hidden[0, :65], short.hidden[0], atol=1e-5, rtol=1e-5)
     assert torch.equal(grouped.hidden[0, :65], out.hidden[0, :65]) and (grouped.hidden[0, 65:] == 0).all()
     with torch.no_grad():  # the first window: the first 3000 frames of the whole clip's log-mel, encoded alone
