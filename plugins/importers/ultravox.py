@@ -7,7 +7,7 @@ fetched through the huggingface_hub cache first):
 - ``audio_tower.*`` (Ultravox's ModifiedWhisperEncoder, variable length, padding masked) -> the whisper encoder;
 - ``multi_modal_projector.{ln_pre, linear_1, ln_mid, linear_2}`` -> the ``stack`` adapter (``stack_factor`` frames,
   RMSNorm, Linear, SwiGLU with the second half the gate, RMSNorm, Linear, no biases), ``ceil(mel frames / 16)``
-  embeddings per clip as Ultravox's processor counts them;
+  embeddings per clip (per 30 s chunk of a longer one) as Ultravox's processor counts them;
 - the tokenizer and chat template are the LLM's; Ultravox overwrites its EOS placeholders by position, which
   gives the same sequence as the card's audio tag replaced by the clip.
 
@@ -15,7 +15,8 @@ Read from fixie-ai/ultravox's code, not from released files: the config keys (``
 ``audio_model_id``, ``stack_factor``, ``projector_act``, ``projector_ln_mid``) and the tensor names. No runnable
 reference offline (remote code; transformers 5 has no Ultravox class, so there is no export either).
 
-Long audio: Ultravox's processor cuts a clip's log-mel into 3000-frame chunks (the last zero-padded to 3000 when
+Long audio (``UltravoxProcessor._chunk_and_pad_audio``, ``ModifiedWhisperEncoder``, ``UltravoxProjector``):
+Ultravox's processor cuts a clip's log-mel into 3000-frame chunks (the last zero-padded to 3000 when
 the clip has several), its tower encodes each with the chunk's own attention mask, its projector stacks each
 chunk's 1500 output frames by ``stack_factor`` on its own (a chunk's last group holds what the tower computed at
 the padded positions, zeros past 1500) and keeps ``ceil(chunk mel frames / 16)`` embeddings of each, which follow
