@@ -457,6 +457,72 @@ def test_ultravox_features_are_its_processors_for_a_prompts_clip(tmp_path):
     assert not torch.allclose(features[1, :, short - 1], together[1, :, short - 1], atol=1e-3)
 
 
+def ultravox_audio(parts, clip: torch.Tensor) -> torch.Tensor:
+    """A prompt's only clip as fixie-ai/ultravox turns it into audio embeddings ``[N, D]``, rebuilt from the
+    release's parts: UltravoxProcessor's features and 3000-frame chunks (a continuation zero-padded to 3000),
+    ModifiedWhisperEncoder on the chunks (positions from 0, padded keys masked by each chunk's length),
+    UltravoxProjector over each chunk's whole output (zeros only past it) and ``ceil(chunk frames / 16)``
+    embeddings of each chunk, one after the other."""
+    import transformers as tf
+
+    x = tf.WhisperFeatureExtractor(feature_size=128)([clip.numpy()], sampling_rate=16000, padding="longest",
+                                                     pad_to_multiple_of=160, truncation=False,
+                                                     return_attention_mask=True, return_tensors="pt")
+    features, frames = x.input_features[0], int(x.attention_mask.sum())
+    chunks = [features[:, offset : offset + 3000] for offset in range(0, frames, 3000)]
+    if len(chunks) > 1:
+        chunks[-1] = torch.nn.functional.pad(chunks[-1], (0, 3000 - chunks[-1].shape[-1]))
+    chunk_frames = torch.tensor([min(frames - offset, 3000) for offset in range(0, frames, 3000)])
+    tower, p = parts["tower"], parts["projector"]
+    h = torch.nn.functional.gelu(tower.conv1(torch.stack(chunks)))
+    h = torch.nn.functional.gelu(tower.conv2(h)).permute(0, 2, 1)
+    h = h + tower.embed_positions.weight[: h.shape[1]]
+    keys = torch.arange(h.shape[1])[None] < ((chunk_frames - 1) // 2 + 1)[:, None]
+    bias = torch.zeros(keys.shape).masked_fill(~keys, torch.finfo(h.dtype).min)[:, None, None, :]
+    for layer in tower.layers:
+        h = layer(h, bias)
+    h = tower.layer_norm(h)
+    h = torch.nn.functional.pad(h, (0, 0, 0, -h.shape[1] % 8)).reshape(len(chunks), -1, 8 * 32)
+    h = torch.nn.functional.rms_norm(h, (256,), p["ln_pre.weight"], eps=1e-6) @ p["linear_1.weight"].T
+    h, gate = h.chunk(2, dim=-1)
+    h = torch.nn.functional.rms_norm(h * torch.nn.functional.silu(gate), (32,), p["ln_mid.weight"], eps=1e-6)
+    embeds = h @ p["linear_2.weight"].T
+    return torch.cat([e[:count] for e, count in zip(embeds, -(-chunk_frames // 16))])
+
+
+def test_ultravox_long_clip_is_chunked_and_stacked_per_chunk_as_ultravox(tmp_path):
+    """A 45 s clip batched with a 1 s one: the long clip's log-mel in 3000-frame chunks, each encoded alone and
+    stacked by 8 on its own, 188 + 94 embeddings (4501 mel frames: the last chunk's 1501 frames make the conv stem
+    see its zero padding and its last group hold a padded position's output), logits and 32 greedy tokens as
+    Ultravox's computation rebuilt from the release's parts."""
+    folder, parts = ultravox_release(tmp_path / "release", tmp_path / "llama")
+    model = import_checkpoint(folder)
+    assert model.card.data["encoder"]["long_clips"] == "split" and model.card.data["encoder"]["window_multiple"] == 8
+    long_clip = torch.randn(45 * 16000 + 100, generator=torch.Generator().manual_seed(5)) * 0.1
+    long_clip[35 * 16000 : 36 * 16000] *= 4  # the loudest second past 30 s: one clamp over the whole clip
+    clips, instructions = [long_clip, _clips()[0]], ["Transcribe the audio.", "Describe it."]
+    batch = model.prepare_batch(clips, prompts=instructions)
+    llm = parts["llm"]
+    with torch.no_grad():
+        embeds, _ = model.encode_audio(batch["audio"], batch["audio_lens"])
+        logits = model(batch).logits
+        ours_new = model.generate_ids(clips, prompts=instructions, max_new_tokens=NEW_TOKENS)
+        assert [len(e) for e in embeds] == [188 + 94, 7]  # ceil(3000 / 16) + ceil(1501 / 16); ceil(100 / 16)
+        for i, clip in enumerate(clips):
+            audio = ultravox_audio(parts, clip)
+            torch.testing.assert_close(embeds[i], audio, atol=1e-5, rtol=1e-5)
+            ids = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+            tag = int((ids == model.audio_token_id).nonzero())
+            rows = llm.get_input_embeddings()(ids.clamp(max=llm.config.vocab_size - 1))
+            fused = torch.cat([rows[:tag], audio, rows[tag + 1:]])[None]
+            torch.testing.assert_close(logits[i, : fused.shape[1]], llm(inputs_embeds=fused).logits[0],
+                                       atol=1e-4, rtol=1e-4)
+            theirs = llm.generate(inputs_embeds=fused, attention_mask=torch.ones(fused.shape[:2]),
+                                  max_new_tokens=NEW_TOKENS, do_sample=False,
+                                  eos_token_id=model.processor.stop_token_ids, pad_token_id=model.pad_token_id)
+            assert ours_new[i].tolist()[: theirs.shape[1]] == theirs[0].tolist()
+
+
 # -- backbones named by Hub id (NeMo's pretrained_llm, Ultravox's text_model_id) -----------------------------------
 def _hub_id_instead(hub, folder, key: str, llm_folder, repo_id: str) -> None:
     """``llm_folder`` uploaded to the test Hub as ``repo_id`` and deleted here; the release's ``config.json`` names

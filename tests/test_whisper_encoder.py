@@ -191,7 +191,54 @@ def test_default_cuts_at_30_s():
     assert out.lengths.tolist() == [50, 1500]
 
 
-@pytest.mark.parametrize("option", [dict(window_output="window"), dict(long_clips="split")])
+# -- variable length, long_clips: split (Ultravox) -------------------------------------------------------------
+def test_variable_length_split_encodes_the_clips_log_mel_in_3000_frame_windows(checkpoint):
+    """The clip's own log-mel (one clamp) in 3000-frame windows, each from position 0 and its own key mask; a
+    clip within 30 s is encoded as plain variable length, and no clip depends on its batch. ``window_multiple``
+    rounds each window of a long clip up to whole groups: zeros past a full window's 1500 frames, the tower's
+    output at the last window's padded positions."""
+    folder, _ = checkpoint
+    waves = clips(1.3, 45.01, 31.0)  # 4501 mel frames: windows of 3000 and 1501 (751 frames); 3100: 3000 and 100
+    audio, lengths = batch(waves)
+    split = build(pretrained=str(folder), config=None, long_clips="split")
+    aligned = build(pretrained=str(folder), config=None, long_clips="split", window_multiple=8)
+    plain = build(pretrained=str(folder), config=None)
+    with torch.no_grad():
+        out, grouped = split(audio, lengths), aligned(audio, lengths)
+        alone = [split(waves[b][None], lengths[b : b + 1]) for b in (1, 2)]
+        short = plain(waves[0][None], lengths[:1])
+        mels, _ = plain.features(waves[1][None], lengths[1:2])
+    assert split.windows(lengths).tolist() == [1, 2, 2]
+    assert out.lengths.tolist() == [65, 1500 + 751, 1500 + 50]
+    assert grouped.lengths.tolist() == [65, 1504 + 752, 1504 + 56]
+    for b in (1, 2):
+        n = int(out.lengths[b])
+        torch.testing.assert_close(out.hidden[b, :n], alone[b - 1].hidden[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.hidden[0, :65], short.hidden[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(grouped.hidden[0, :65], out.hidden[0, :65]) and (grouped.hidden[0, 65:] == 0).all()
+    with torch.no_grad():  # the first window: the first 3000 frames of the whole clip's log-mel, encoded alone
+        first = split._forward_layers(mels[..., :3000], torch.tensor([3000]), torch.tensor([1500]))[-1][0]
+    torch.testing.assert_close(out.hidden[1, :1500], first, atol=1e-5, rtol=1e-5)
+    assert (grouped.hidden[1, 1500:1504] == 0).all()
+    torch.testing.assert_close(grouped.hidden[1, 1504 : 1504 + 751], out.hidden[1, 1500:], atol=1e-6, rtol=1e-6)
+    assert grouped.hidden[1, 1504 + 751].abs().sum() > 0  # a padded position's output, as Ultravox stacks it
+
+
+def test_window_multiple_needs_split_and_a_matching_stack():
+    from slmzoo.builder import BuildContext
+    from slmzoo_plugins.adapters.specs import StackOptions
+    from slmzoo_plugins.adapters.stack import StackAdapter
+
+    with pytest.raises(ValueError, match="encoder.window_multiple: .* applies with long_clips: split"):
+        build(window_multiple=8)
+    context = BuildContext(card=None, llm_dim=64, encoder_dim=16)
+    context.components["encoder"] = build(long_clips="split", window_multiple=8)
+    with pytest.raises(ValueError, match="k 4 but encoder.window_multiple 8"):
+        StackAdapter(StackOptions(k=4), context)
+    assert StackAdapter(StackOptions(k=8), context).k == 8
+
+
+@pytest.mark.parametrize("option", [dict(window_output="window"), dict(long_clips="windows")])
 def test_window_options_need_pad_to_window(option):
     key = next(iter(option))
     with pytest.raises(ValueError, match=f"encoder.{key}: .* applies with pad_to_window: true"):

@@ -4,7 +4,9 @@ Ultravox's projector (stack, RMSNorm, Linear, SwiGLU, Linear), SLAM-ASR's (stack
 Voxtral's (k=4, Linear, GELU, Linear, no biases: ``bias: false``). Frames are stacked in time order, each frame's
 channels together (``[f0 | f1 | ... | f(k-1)]``): the ``reshape(-1, k * C)`` Voxtral applies to its tower output.
 Padded frames are zeroed before stacking, so the last real group of a clip holds exact zeros past the clip end,
-as it does when the clip is alone: a clip's embeddings never depend on its batch.
+as it does when the clip is alone: a clip's embeddings never depend on its batch. A Whisper encoder with
+``window_multiple: k`` hands over each 30 s window of a long clip rounded up to whole groups, so the groups never
+straddle two windows (Ultravox's projector stacks each chunk on its own).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class StackAdapter(Adapter):
         super().__init__()
         require_frames("stack", context)
         self.k = options.k
+        multiple = getattr(context.components.get("encoder"), "window_multiple", 1)
+        if multiple not in (1, self.k):
+            raise ValueError(f"adapter stack: k {self.k} but encoder.window_multiple {multiple}: set them equal, so "
+                             "each 30 s window of a long clip is stacked on its own")
         stacked_dim = options.k * context.encoder_dim
         hidden_dim = options.hidden_dim or context.llm_dim
         if options.activation == "swiglu" and hidden_dim % 2:

@@ -55,10 +55,19 @@ class WhisperOptions(EncoderOptions):
         "(1500 per window, 1500 / pool pooled), as Voxtral's audio tower feeds its projector.",
     )
     long_clips: Literal["cut", "split", "windows"] = Field(
-        "cut", description="With pad_to_window, clips longer than 30 s: 'cut' keeps the first 30 s (Whisper, "
+        "cut", description="Clips longer than 30 s. With pad_to_window: 'cut' keeps the first 30 s (Whisper, "
         "Qwen2-Audio); 'split' pads the clip to a multiple of 30 s, computes the log-mel over all of it and encodes "
         "each 30 s window on its own, the windows' frames concatenated in time (Voxtral's processor and tower); "
-        "'windows' cuts the clip into 30 s pieces first, each with its own log-mel (Audio Flamingo 3's processor).",
+        "'windows' cuts the clip into 30 s pieces first, each with its own log-mel (Audio Flamingo 3's processor). "
+        "Variable length: 'cut' refuses them; 'split' cuts the clip's own log-mel into 3000-frame windows, each "
+        "encoded on its own, a short last one zero-padded to 3000 frames with its padding masked out of attention "
+        "(Ultravox's processor and tower).",
+    )
+    window_multiple: int | None = Field(
+        None, ge=1, description="With long_clips: split, each window of a clip longer than 30 s outputs its frames "
+        "rounded up to a multiple of this, the positions past its frames as the tower computes them (zeros past "
+        "1500), so a stack adapter with this k stacks each window on its own, as Ultravox's projector stacks each "
+        "chunk (set it to adapter.k). null: the windows' frames follow each other.",
     )
     max_windows: int | None = Field(
         None, ge=1, description="With long_clips split or windows: at most this many 30 s windows per clip; a longer "
@@ -68,6 +77,9 @@ class WhisperOptions(EncoderOptions):
 
     @model_validator(mode="after")
     def _window_options_need_the_window(self):
+        if self.window_multiple is not None and self.long_clips != "split":
+            raise OptionsRuleError("encoder", "window_multiple", f"{self.window_multiple} applies with long_clips: "
+                                   "split (add encoder.long_clips: split, or remove encoder.window_multiple)")
         if self.pad_to_window:
             if self.pad_to_hop:
                 raise OptionsRuleError("encoder", "pad_to_hop", "applies to variable length (pad_to_window: false)")
@@ -75,7 +87,10 @@ class WhisperOptions(EncoderOptions):
         if self.window_attention_mask:
             raise OptionsRuleError("encoder", "window_attention_mask", "applies with pad_to_window: true (variable "
                                    "length always masks padding)")
-        for key, default in (("window_output", "clip"), ("long_clips", "cut"), ("max_windows", None)):
+        if self.long_clips == "windows":
+            raise OptionsRuleError("encoder", "long_clips", "'windows' applies with pad_to_window: true (variable "
+                                   "length splits with long_clips: split)")
+        for key, default in (("window_output", "clip"), ("max_windows", None)):
             value = getattr(self, key)
             if value != default:
                 raise OptionsRuleError("encoder", key, f"{value!r} applies with pad_to_window: true (add encoder."

@@ -26,6 +26,14 @@ Two modes:
   - ``max_windows``: with ``split`` / ``windows``, at most this many windows; a longer clip is cut there with a
     warning (Audio Flamingo 3's processor truncates at ``max_audio_len``, 600 s: 20 windows).
 
+- variable length with ``long_clips: split`` (Ultravox's processor and tower): a clip longer than 30 s has its
+  own log-mel (one clamp, ``pad_to_hop`` as set) cut into 3000-frame windows, each encoded on its own from
+  position 0; a short last window is zero-padded to 3000 mel frames, which is masked out of attention only (its
+  conv stem sees the zeros), as Ultravox pads its last chunk. A clip within 30 s is encoded as in plain variable
+  length. ``window_multiple: k`` rounds each window's frames of such a clip up to a multiple of ``k``, keeping
+  what the tower computes at those padded positions (zeros past 1500): a ``stack`` adapter with that ``k`` then
+  stacks each window on its own, as Ultravox's projector stacks each chunk's tower output.
+
 ``pool: k`` average-pools the frames by ``k`` after the last layer and before the final LayerNorm, as
 Qwen-Audio's and Qwen2-Audio's audio towers do (``AvgPool1d(k)``: floor lengths, a pooled frame never mixes a
 clip's last frame with padding). The module layout stays transformers' ``WhisperEncoder``, so a Qwen2-Audio
@@ -109,6 +117,7 @@ class WhisperEncoder(Encoder):
         self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
         self.window_output, self.long_clips = options.window_output, options.long_clips
         self.max_windows, self.pad_to_hop = options.max_windows, options.pad_to_hop
+        self.window_multiple = options.window_multiple or 1
         # One output frame: a mel frame (one conv frame) or, pooled, `pool` conv frames (2 * pool - 1 mel frames).
         self.min_samples = max(MIN_SAMPLES, (2 * self.pool - 1) * HOP_LENGTH)
         self.output_dim = config.d_model
@@ -125,21 +134,26 @@ class WhisperEncoder(Encoder):
     # -- input checks ------------------------------------------------------------------------------
     def _check(self, audio: torch.Tensor, lengths: torch.Tensor) -> None:
         check_waveforms(audio, lengths, self.min_samples, "whisper encoder", SAMPLING_RATE)
-        if not self.pad_to_window and int(lengths.max()) // HOP_LENGTH > 2 * self.max_frames:
+        too_long = int(lengths.max()) // HOP_LENGTH > 2 * self.max_frames
+        if not self.pad_to_window and self.long_clips != "split" and too_long:
             b = int(lengths.argmax())
             raise ValueError(f"whisper encoder: clip {b} is {int(lengths[b]) / SAMPLING_RATE:.2f} s long; Whisper's "
                              f"encoder covers at most {self.window_samples / SAMPLING_RATE:.0f} s "
                              f"(max_source_positions={self.max_frames}): split the clip, set "
-                             "encoder.pad_to_window: true (cuts it at 30 s), or set both encoder.pad_to_window: true "
-                             "and encoder.long_clips: split (encodes consecutive 30 s windows)")
+                             "encoder.pad_to_window: true (cuts it at 30 s), or set encoder.long_clips: split "
+                             "(encodes consecutive 30 s windows)")
 
     def windows(self, lengths: torch.Tensor, warn: bool = False) -> torch.Tensor:
         """``lengths [B]`` in samples -> 30 s windows per clip ``[B]``: 1, or ``ceil(len / 30 s)`` with
         ``long_clips: split`` / ``windows``, at most ``max_windows`` (the clip is cut there, as AF3's processor
-        truncates at ``max_audio_len``)."""
-        if not (self.pad_to_window and self.long_clips in ("split", "windows")):
+        truncates at ``max_audio_len``). Variable length counts the clip's mel frames in 3000-frame windows."""
+        if self.long_clips not in ("split", "windows"):
             return torch.ones_like(lengths)
-        windows = ((lengths + self.window_samples - 1) // self.window_samples).clamp(min=1)
+        if self.pad_to_window:
+            windows = ((lengths + self.window_samples - 1) // self.window_samples).clamp(min=1)
+        else:
+            frames = 2 * self.max_frames
+            windows = ((self._hops(lengths) + frames - 1) // frames).clamp(min=1)
         if self.max_windows is not None and warn and bool((windows > self.max_windows).any()):
             seconds = self.max_windows * self.window_samples // SAMPLING_RATE
             longest = int(lengths.max()) / SAMPLING_RATE
@@ -182,7 +196,7 @@ class WhisperEncoder(Encoder):
             for b, n in enumerate(span.tolist()):
                 mels[b, :, : n // HOP_LENGTH] = log_mel(padded[b, :n], filters)
             return mels, mel_lengths
-        hops = -(-lengths // HOP_LENGTH) if self.pad_to_hop else lengths // HOP_LENGTH
+        hops = self._hops(lengths)
         mels = audio.new_zeros(audio.shape[0], filters.shape[1], int(hops.max()), dtype=torch.float32)
         for b, (n, frames) in enumerate(zip(lengths.tolist(), hops.tolist())):
             clip = audio[b, :n]
@@ -191,6 +205,10 @@ class WhisperEncoder(Encoder):
             mel = log_mel(clip, filters)
             mels[b, :, : mel.shape[-1]] = mel
         return mels, hops
+
+    def _hops(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Variable length: mel frames of each clip ``[B]``, ``ceil(len / 160)`` with ``pad_to_hop``, else floor."""
+        return -(-lengths // HOP_LENGTH) if self.pad_to_hop else lengths // HOP_LENGTH
 
     def _window_features(self, padded: torch.Tensor, span: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         """``padded [B, S]`` (each clip zero-padded to its ``span [B]`` of whole windows) -> the log-mel of each 30 s
@@ -213,22 +231,26 @@ class WhisperEncoder(Encoder):
         mels, mel_lengths = self.features(audio, lengths)
         windows = self.windows(lengths)  # [B]; 1 each unless long_clips: split
         split = int(windows.sum()) != len(windows)
+        conv_lengths = None if self.pad_to_window else mel_lengths
         if split:  # W = windows.sum() rows of 3000 mel frames, each clip's windows consecutive
+            mels = nn.functional.pad(mels, (0, int(windows.max()) * 2 * self.max_frames - mels.shape[-1]))
             mels, mel_lengths = self._split_windows(mels, mel_lengths, windows)
+            if conv_lengths is not None:  # a clip's windows past 30 s are encoded at 3000 frames, zeros and all
+                conv_lengths = torch.where(windows.repeat_interleave(windows) > 1, mels.shape[-1], mel_lengths)
         mels = mels.to(self.encoder.conv1.weight.dtype)
         out_lengths = (mel_lengths - 1) // 2 + 1
         if self.pad_to_window and not self.window_attention_mask and self.pool == 1:
             states = self._forward_window(mels)
         else:
             # Variable length masks padded mel frames before the convolutions; a padded window does not.
-            states = self._forward_layers(mels, mel_lengths if not self.pad_to_window else None, out_lengths)
+            states = self._forward_layers(mels, conv_lengths, out_lengths)
         if self.pool > 1:
             out_lengths = out_lengths // self.pool
         hidden = self.selection(states)
         if self.pad_to_window and self.window_output == "window":  # every frame of every window, silence included
             out_lengths = torch.full_like(out_lengths, hidden.shape[-2])
         if split:
-            hidden, out_lengths = self._join_windows(hidden, out_lengths, windows)
+            hidden, out_lengths = self._join_windows(hidden, out_lengths, windows, self.window_multiple)
         hidden = hidden[..., : int(out_lengths.max()), :]
         mask = lengths_to_mask(out_lengths, hidden.shape[-2]).to(hidden.dtype)
         hidden = hidden * (mask[:, None, :, None] if hidden.dim() == 4 else mask[..., None])
@@ -248,18 +270,25 @@ class WhisperEncoder(Encoder):
         return torch.cat(rows), torch.cat(row_lengths)
 
     @staticmethod
-    def _join_windows(hidden: torch.Tensor, lengths: torch.Tensor,
-                      windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _join_windows(hidden: torch.Tensor, lengths: torch.Tensor, windows: torch.Tensor,
+                      multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden [W, T, C]`` (or ``[W, L, T, C]``), ``lengths [W]`` per window -> each clip's windows concatenated
-        in time, ``[B, max(windows) * T, C]`` (or ``[B, L, max(windows) * T, C]``), and ``lengths [B]``. Only a
-        clip's last window holds padding, so its frames stay contiguous."""
+        in time, ``[B, max(windows) * T', C]`` (or ``[B, L, max(windows) * T', C]``), and ``lengths [B]``. A window
+        of a clip with several keeps ``lengths`` rounded up to ``multiple`` frames (``T' = T`` rounded up too, zeros
+        past ``T``), so the windows' frames follow each other; a clip's only window keeps its ``lengths``."""
         T, C = hidden.shape[-2:]
-        joined = hidden.new_zeros(len(windows), *hidden.shape[1:-2], int(windows.max()) * T, C)
+        padded_T = -(-T // multiple) * multiple
+        hidden = nn.functional.pad(hidden, (0, 0, 0, padded_T - T))
+        keep = torch.where(windows.repeat_interleave(windows) > 1, -(-lengths // multiple) * multiple, lengths)
+        joined = hidden.new_zeros(len(windows), *hidden.shape[1:-2], int(windows.max()) * padded_T, C)
         joined_lengths, start = [], 0
         for b, n in enumerate(windows.tolist()):
-            clip = hidden[start : start + n].movedim(0, -3)  # [n, T, C] or [L, n, T, C]
-            joined[b, ..., : n * T, :] = clip.reshape(*clip.shape[:-3], n * T, C)
-            joined_lengths.append(lengths[start : start + n].sum())
+            frames = 0
+            for w in range(start, start + n):
+                size = int(keep[w]) if w < start + n - 1 else padded_T  # the last window's padding is cut below
+                joined[b, ..., frames : frames + size, :] = hidden[w, ..., :size, :]
+                frames += int(keep[w])
+            joined_lengths.append(keep[start : start + n].sum())
             start += n
         return joined, torch.stack(joined_lengths)
 

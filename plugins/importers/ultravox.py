@@ -7,13 +7,21 @@ fetched through the huggingface_hub cache first):
 - ``audio_tower.*`` (Ultravox's ModifiedWhisperEncoder, variable length, padding masked) -> the whisper encoder;
 - ``multi_modal_projector.{ln_pre, linear_1, ln_mid, linear_2}`` -> the ``stack`` adapter (``stack_factor`` frames,
   RMSNorm, Linear, SwiGLU with the second half the gate, RMSNorm, Linear, no biases), ``ceil(mel frames / 16)``
-  embeddings per clip as Ultravox's processor counts them;
+  embeddings per clip (per 30 s chunk of a longer one) as Ultravox's processor counts them;
 - the tokenizer and chat template are the LLM's; Ultravox overwrites its EOS placeholders by position, which
   gives the same sequence as the card's audio tag replaced by the clip.
 
 Read from fixie-ai/ultravox's code, not from released files: the config keys (``text_model_id``,
 ``audio_model_id``, ``stack_factor``, ``projector_act``, ``projector_ln_mid``) and the tensor names. No runnable
 reference offline (remote code; transformers 5 has no Ultravox class, so there is no export either).
+
+Long audio (``UltravoxProcessor._chunk_and_pad_audio``, ``ModifiedWhisperEncoder``, ``UltravoxProjector``):
+Ultravox's processor cuts a clip's log-mel into 3000-frame chunks (the last zero-padded to 3000 when
+the clip has several), its tower encodes each with the chunk's own attention mask, its projector stacks each
+chunk's 1500 output frames by ``stack_factor`` on its own (a chunk's last group holds what the tower computed at
+the padded positions, zeros past 1500) and keeps ``ceil(chunk mel frames / 16)`` embeddings of each, which follow
+each other in the prompt. The encoder's ``long_clips: split`` with ``window_multiple: stack_factor`` gives exactly
+that to the ``stack`` adapter.
 
 Features: Ultravox's processor runs WhisperFeatureExtractor with ``padding="longest", pad_to_multiple_of=160`` over
 the clips of one prompt (it takes one text at a time; a training batch collates prompts processed one by one). A
@@ -81,7 +89,9 @@ class UltravoxImporter(Importer):
                             "v0.5's (swiglu, ln_mid); v0.4's ln_post is not mapped")
         text = self.config.get("text_config") or {}
         hidden = self.config.get("hidden_size", 4096)
-        encoder: dict[str, Any] = {"pretrained": None, "pad_to_window": False, "pad_to_hop": True}
+        stack = self.config.get("stack_factor", 8)
+        encoder: dict[str, Any] = {"pretrained": None, "pad_to_window": False, "pad_to_hop": True,
+                                   "long_clips": "split", "window_multiple": stack}
         if self.has_audio_tower():
             tower = WhisperConfig(**{k: v for k, v in (self.config.get("audio_config") or {}).items()
                                      if k not in ("architectures", "model_type", "_name_or_path")})
@@ -89,7 +99,7 @@ class UltravoxImporter(Importer):
         else:
             encoder.update(pretrained=self.config.get("audio_model_id"), config=None)
         return {"encoder": encoder,
-                "adapter": {"k": self.config.get("stack_factor", 8), "hidden_dim": hidden},
+                "adapter": {"k": stack, "hidden_dim": hidden},
                 "llm": {"pretrained": str(self.text_model()), "tokenizer": None, "config": None,
                         "dtype": text.get("dtype") or text.get("torch_dtype") or "bfloat16"},
                 "prompt": {"chat_template": None, "system": None}}
