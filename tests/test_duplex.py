@@ -327,7 +327,7 @@ def test_generate_writes_the_spoken_answer(tmp_path):
     assert result.exit_code == 0, result.output
     wave, rate = sf.read(tmp_path / "answer.wav")
     assert rate == 24000  # the codec's rate (tiny Mimi), one 80 ms codec frame per user frame
-    assert abs(len(wave) / rate - cut.duration) < 0.1
+    assert abs(len(wave) / rate - cut.duration) <= 0.16  # within 2 frames (causal downsampling rounds up)
     refused = CliRunner().invoke(app, ["generate", "salm", "--preset", "tiny", "--audio", str(user),
                                        "--out", str(tmp_path / "x.wav")])
     assert refused.exit_code == 2 and "text only" in refused.output

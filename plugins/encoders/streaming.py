@@ -89,9 +89,9 @@ def make_subsampling_causal(encoder) -> None:
 
     subsampling._get_output_length = conv_length  # instance attributes: the class methods assume symmetric padding
     encoder._get_subsampling_output_length = subsampled_length
-    bins = torch.tensor(config.num_mel_bins)
+    bins = config.num_mel_bins  # a plain int: the build may run on the meta device
     for _ in strided:
-        bins = causal_strided_length(bins, kernel, stride)
+        bins = (bins + stride - 2) // stride + 1  # causal_strided_length
     linear = subsampling.linear
     subsampling.linear = nn.Linear(subsampling.channels * int(bins), linear.out_features, bias=True,
                                    device=linear.weight.device, dtype=linear.weight.dtype)

@@ -34,6 +34,8 @@ from slmzoo.serving.schemas import (
     chat_chunk,
     chat_completion,
     completion_id,
+    speech_bytes,
+    speech_message,
     usage,
     validate,
 )
@@ -144,6 +146,11 @@ class Server:
         """OpenAI messages -> the card's chat (one audio tag per audio part, in order) and the decoded clips.
 
         A request whose messages carry no text at all gets the card's default instruction (its ``prompt:``)."""
+        if req.wants_speech and scheduler.mode != "duplex":
+            raise bad_request(f"model {scheduler.name!r} answers in text only: drop \"audio\" from modalities",
+                              "modalities", "no_speech_output")
+        if scheduler.mode == "duplex":
+            return await self.user_channel(req, scheduler)
         processor = scheduler.model.processor
         parts = [(m, p) for m in req.messages if isinstance(m.content, list) for p in m.content
                  if not isinstance(p, TextPart)]
@@ -175,6 +182,30 @@ class Server:
             default = processor.formatter.messages(None, num_audio=users[-1]["content"].count(processor.audio_tag))
             users[-1]["content"] = next(m["content"] for m in default if m["role"] == "user")
         return messages, waves, seconds
+
+    async def user_channel(self, req: ChatRequest, scheduler: Scheduler) -> tuple[list[dict], list, float]:
+        """A duplex model's request: exactly one audio part, the user channel; it takes no instruction (it answers
+        what the user says), so a text part is refused rather than ignored."""
+        parts = [(i, j, p) for i, m in enumerate(req.messages) if isinstance(m.content, list)
+                 for j, p in enumerate(m.content)]
+        texts = [(i, j) for i, j, p in parts if isinstance(p, TextPart) and p.text.strip()]
+        texts += [(i, None) for i, m in enumerate(req.messages) if isinstance(m.content, str) and m.content.strip()]
+        if texts:
+            i, j = texts[0]
+            raise bad_request(f"model {scheduler.name!r} is a full-duplex speech-to-speech model: it takes no text, "
+                              "only the user's speech (one audio part)",
+                              f"messages[{i}].content" + (f"[{j}]" if j is not None else ""), "no_text_input")
+        audio = [(i, j, p) for i, j, p in parts if not isinstance(p, TextPart)]
+        if len(audio) != 1:
+            raise bad_request(f"{len(audio)} audio parts: a duplex model listens to one user channel (one audio "
+                              "part)", "messages", "one_audio_part")
+        i, j, part = audio[0]
+        if req.messages[i].role != "user":
+            raise bad_request(f"audio is accepted in user messages only, not {req.messages[i].role}",
+                              f"messages[{i}].content[{j}]")
+        param = f"messages[{i}].content[{j}]"
+        clip = await self.clip(await self.part_bytes(part, param), scheduler.model.sampling_rate, param)
+        return [], [clip.wave], clip.seconds
 
     def job(self, messages, waves, seconds, max_tokens, **sampling) -> tuple[Job, asyncio.Queue]:
         queue: asyncio.Queue = asyncio.Queue()
@@ -305,13 +336,15 @@ def create_app(models: dict[str, Any], limits: Limits | None = None, api_key: st
         job, queue = server.job(messages, waves, seconds,
                                 req.max_completion_tokens or req.max_tokens or limits.default_max_tokens,
                                 temperature=req.temperature or 0.0, top_p=req.top_p or 1.0, seed=req.seed,
-                                stop=stop, ignore_eos=req.ignore_eos)
+                                stop=stop, ignore_eos=req.ignore_eos, speech=req.wants_speech)
+        speech_format = (req.audio.format if req.audio is not None else "wav")
         scheduler.submit(job)
         id_ = completion_id()
         try:
             if not req.stream:
                 done = await server.result(request, job, queue)
-                return chat_completion(id_, req.model, done["text"], done["finish_reason"], _usage(done))
+                return chat_completion(id_, req.model, done["text"], done["finish_reason"], _usage(done),
+                                       audio=_speech(done, speech_format))
             first = await server.next_event(request, job, queue)  # errors before the first token keep their status
         except ClientGone:
             return Response(status_code=499)
@@ -323,9 +356,11 @@ def create_app(models: dict[str, Any], limits: Limits | None = None, api_key: st
                 yield sse(chat_chunk(id_, req.model, {"role": "assistant", "content": ""}))
                 while True:
                     kind, payload = event
-                    if kind == "delta":
+                    if kind == "delta" and not req.wants_speech:
                         yield sse(chat_chunk(id_, req.model, {"content": payload}))
-                    else:
+                    elif kind == "done" and req.wants_speech:  # the speech, its transcript with it
+                        yield sse(chat_chunk(id_, req.model, {"audio": _speech(payload, speech_format)}))
+                    if kind == "done":
                         yield sse(chat_chunk(id_, req.model, {}, payload["finish_reason"]))
                         if include_usage:
                             yield sse(chat_chunk(id_, req.model, None, usage_=_usage(payload)))
@@ -348,6 +383,9 @@ def create_app(models: dict[str, Any], limits: Limits | None = None, api_key: st
         if upload is None or isinstance(upload, str):
             raise bad_request("file: a multipart file upload is required", "file", "missing_file")
         scheduler = server.scheduler(form.get("model"))
+        if scheduler.mode == "duplex":
+            raise bad_request(f"model {scheduler.name!r} is a full-duplex speech-to-speech model, not a transcriber: "
+                              "send its user channel to /v1/chat/completions", "model", "not_a_transcriber")
         fmt = form.get("response_format") or "json"
         if fmt not in transcripts.FORMATS:
             raise bad_request(f"response_format must be one of {', '.join(transcripts.FORMATS)}", "response_format")
@@ -405,7 +443,16 @@ def _model_card(name: str, created: int) -> dict:
 
 
 def _usage(done: dict) -> dict:
-    return usage(done["prompt_tokens"], done["completion_tokens"], done["audio_tokens"])
+    speech = done.get("speech")
+    return usage(done["prompt_tokens"], done["completion_tokens"], done["audio_tokens"],
+                 None if speech is None else done["completion_tokens"])
+
+
+def _speech(done: dict, format: str) -> dict | None:
+    """OpenAI's ``message.audio`` of a done event with speech (None without)."""
+    if done.get("speech") is None:
+        return None
+    return speech_message(done["text"], speech_bytes(done["speech"], done["sampling_rate"], format))
 
 
 async def _json(request: Request) -> Any:

@@ -16,6 +16,8 @@ Modes, chosen from the model at startup:
   empty; a finished or cancelled row stops receiving text at once but stays in the batch until the batch ends.
 - ``generate``: anything else (encoder-decoder LLMs, other caches): one request at a time through
   ``generate_output`` (``generate`` for an architecture without it), its text sent in one piece.
+- ``duplex``: a full-duplex speech-to-speech model (``generate_duplex``): the admitted requests' user channels are
+  answered together, frame by frame (the answers never depend on the batch), text and, when asked, speech.
 
 An answer that is empty after stripping (the model ended its turn at once, or wrote only spaces) is not a 200 with
 nothing in it: the request fails with 422 ``empty_answer`` (OpenAI's clients do not retry a 422).
@@ -50,6 +52,7 @@ class Job:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    speech: bool = False  # the answer's speech too (``modalities: ["text", "audio"]``): duplex models
     # delivery: ``send(event)`` is called from the scheduler thread (the app hands it to its event loop)
     send: Any = None
     cancelled: bool = False
@@ -117,6 +120,8 @@ class Scheduler:
         from slmzoo.decoding import supports_cache
 
         model = self.model
+        if hasattr(model, "generate_duplex"):
+            return "duplex"
         if not hasattr(model, "supports_stepwise_decoding") or model.llm.is_encoder_decoder:
             return "generate"
         silence = np.zeros(model.processor.sampling_rate // 2, dtype=np.float32)
@@ -147,6 +152,9 @@ class Scheduler:
                     if self.mode == "generate":
                         for job in new:
                             self._generate(job)
+                        continue
+                    if self.mode == "duplex":
+                        self._duplex(new)
                         continue
                     if new:
                         self._prefill(new)
@@ -327,7 +335,8 @@ class Scheduler:
 
     def _reset(self) -> None:
         self.active, self.batch = [], None
-        self.model.fusion.release()
+        if hasattr(self.model, "fusion"):
+            self.model.fusion.release()
         self.metrics.running.set(0, model_name=self.name)
 
     def _generate(self, job: Job) -> None:
@@ -355,6 +364,49 @@ class Scheduler:
         text, hit_stop = self._text(job)
         stopped = stop_at is not None or hit_stop or len(row) < job.max_tokens  # the model ended before the limit
         self._finish(job, text, "stop" if stopped else "length", completion=len(row) if stop_at is None else stop_at + 1)
+
+    def _duplex(self, jobs: list[Job]) -> None:
+        """``duplex`` mode: each request's one clip is a user channel; the agent's text (all its turns) and, for
+        requests that asked, its speech, at the codec's rate and as long as the input. Usage counts frames: the
+        prompt's are the user channel's, the completion's one step (a text token and a speech frame) each."""
+        for job in [j for j in jobs if j.cancelled]:
+            self._drop(job, APIError(499, "cancelled", "cancelled"))
+        jobs = [j for j in jobs if not j.cancelled]
+        if not jobs:
+            return
+        self.metrics.batch_size.observe(len(jobs), model_name=self.name)
+        try:
+            out = self.model.generate_duplex([j.waves[0] for j in jobs], self.model.sampling_rate,
+                                             decode_audio=any(j.speech for j in jobs))
+        except Exception as error:  # noqa: BLE001
+            for job in jobs:
+                self._drop(job, APIError(400, f"the model cannot take this request: {error}", "invalid_input"))
+            return
+        now = time.monotonic()
+        for i, job in enumerate(jobs):
+            if job.cancelled:
+                self._drop(job, APIError(499, "cancelled", "cancelled"))
+                continue
+            if now > job.deadline:
+                self._drop(job, APIError(504, "the request ran past its deadline", "deadline_exceeded"))
+                continue
+            frames = int(out.lengths[i])
+            self.metrics.ttft.observe(now - job.arrival, model_name=self.name)
+            self.metrics.generation_tokens.inc(frames, model_name=self.name)
+            job.prompt_tokens = job.audio_tokens = frames
+            text = out.texts[i].strip()
+            if not text:
+                self._fail(job, APIError(422, f"the model's answer is empty: the agent said nothing in {frames} "
+                                              "frames (the audio may hold no question it recognises)",
+                                         "empty_answer"))
+                continue
+            job.send(("delta", text))
+            self.metrics.e2e.observe(time.monotonic() - job.arrival, model_name=self.name)
+            self.metrics.success.inc(model_name=self.name, finished_reason="stop")
+            job.send(("done", {"text": text, "finish_reason": "stop", "prompt_tokens": frames,
+                               "completion_tokens": frames, "audio_tokens": frames,
+                               "speech": out.audio[i].numpy() if job.speech else None,
+                               "sampling_rate": out.sampling_rate}))
 
 
 def empty_answer(reason: str, tokens: int) -> APIError:

@@ -58,6 +58,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Audio out (OpenAI's ``audio`` request field): the formats written here. The voice is the model's own (a duplex
+# model speaks in the one voice it was trained on); ``voice`` is accepted for the clients that always send it.
+SPEECH_FORMATS = ("wav", "flac", "pcm16")
+
+
+class AudioOutput(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    format: Literal[SPEECH_FORMATS] = "wav"
+    voice: str | None = None
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     model: str
@@ -72,6 +83,12 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
     ignore_eos: bool = False  # vLLM's extension: decode exactly max_tokens (benchmarks)
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: AudioOutput | None = None
+
+    @property
+    def wants_speech(self) -> bool:
+        return "audio" in (self.modalities or [])
 
 
 def validate(model: type[BaseModel], data: Any) -> BaseModel:
@@ -98,16 +115,45 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, audio_tokens: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+def usage(prompt_tokens: int, completion_tokens: int, audio_tokens: int,
+          completion_audio_tokens: int | None = None) -> dict[str, Any]:
+    body = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"audio_tokens": audio_tokens, "cached_tokens": 0}}
+    if completion_audio_tokens is not None:
+        body["completion_tokens_details"] = {"audio_tokens": completion_audio_tokens}
+    return body
 
 
-def chat_completion(id_: str, model: str, text: str, finish_reason: str, usage_: dict) -> dict[str, Any]:
+def speech_bytes(wave, sampling_rate: int, format: str) -> bytes:
+    """``wave [S]`` float -> a WAV or FLAC file (16-bit) or raw 16-bit little-endian PCM (``pcm16``)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    if format == "pcm16":
+        return (np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), sampling_rate, format=format.upper(), subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def speech_message(text: str, data: bytes) -> dict[str, Any]:
+    """OpenAI's ``message.audio`` (and a stream's ``delta.audio``): the speech base64-encoded, its transcript."""
+    import base64
+
+    return {"id": f"audio_{uuid.uuid4().hex}", "data": base64.b64encode(data).decode("ascii"),
+            "expires_at": int(time.time()) + 3600, "transcript": text}
+
+
+def chat_completion(id_: str, model: str, text: str, finish_reason: str, usage_: dict,
+                    audio: dict | None = None) -> dict[str, Any]:
+    """``audio``: the answer as speech (:func:`speech_message`); the text is then its transcript, as OpenAI's."""
+    message = {"role": "assistant", "content": text} if audio is None else \
+        {"role": "assistant", "content": None, "audio": audio}
     return {"id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
             "usage": usage_}
 
 
