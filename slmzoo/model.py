@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from slmzoo.architecture import Architecture, ModelOutput, TrainPolicyError  # noqa: F401 (TrainPolicyError: API)
+from slmzoo.components import LMOutput
 from slmzoo.prompting import IGNORE_INDEX, pad_sequences
 
 
@@ -70,7 +71,7 @@ class SpeechLM(Architecture):
         else:
             fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
         with self.llm.with_audio(self.rows_with_audio(batch)):
-            out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
+            out = self.language_model(fused)
         loss, aux_loss = out.loss, adapted.aux_loss
         if labels is not None and len(embeds) == labels.shape[0]:
             extra_loss = self.adapter.auxiliary_loss(self._response_ids(labels))
@@ -84,6 +85,11 @@ class SpeechLM(Architecture):
         if aux_loss is not None:
             losses["aux"] = aux_loss
         return SpeechLMOutput(loss=loss, logits=out.logits, num_tokens=num_tokens, aux_loss=aux_loss, losses=losses)
+
+    def language_model(self, fused) -> LMOutput:
+        """The teacher-forced LLM pass over fused inputs: logits and the next-token loss on ``fused.labels``
+        (an architecture whose vocabulary extends the LLM's overrides it)."""
+        return self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
 
     def _response_ids(self, labels: torch.Tensor) -> list[torch.Tensor]:
         """Each row's response token ids ``[S_i]`` from ``labels [B, L]``, without end-of-turn tokens."""
@@ -111,12 +117,7 @@ class SpeechLM(Architecture):
     def generate_ids(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
                      max_new_tokens: int = 128, **generation_kwargs) -> torch.Tensor:
         """:meth:`generate`'s new token ids ``[B, N]`` (rows that stopped early padded with the pad id)."""
-        if not isinstance(audio, (list, tuple)):
-            audio = [audio]
-        batch = self.prepare_batch(audio, prompts, sampling_rate=sampling_rate, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
-        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        batch, _, fused = self.fused_prompts(audio, prompts, sampling_rate)
         generation_kwargs.setdefault("do_sample", False)
         try:
             with self.llm.with_audio(self.rows_with_audio(batch)):
@@ -125,6 +126,21 @@ class SpeechLM(Architecture):
         finally:
             self.fusion.release()  # a later bare LLM call must not still see this batch's audio
         return ids
+
+    def fused_prompts(self, audio: Sequence, prompts: Sequence | None, sampling_rate: int | None):
+        """Prompts and their audio as the LLM reads them before decoding: ``(batch, embeds, fused)``, the batch
+        on the model's device, each clip's audio embeddings (or units), the left-padded fused inputs."""
+        if not isinstance(audio, (list, tuple)):
+            audio = [audio]
+        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
+        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        return batch, embeds, fused
+
+    def speaks(self) -> bool:
+        """Whether :meth:`generate_speech` answers in speech (``slmzoo generate ... --out``); a text model: no."""
+        return False
 
     # -- step-wise decoding (continuous batching: ``slmzoo serve``) ----------------------------------------
     def supports_stepwise_decoding(self) -> bool:
@@ -140,10 +156,7 @@ class SpeechLM(Architecture):
         batch, fused as ``generate`` fuses it. ``audio``/``prompts`` as for :meth:`generate`."""
         from slmzoo.decoding import DecodingBatch
 
-        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
-        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        batch, embeds, fused = self.fused_prompts(audio, prompts, sampling_rate)
         decoding = DecodingBatch.prefill(self.llm, fused.inputs_embeds, fused.attention_mask,
                                          with_audio=self.rows_with_audio(batch))
         tags = self.audio_tags(batch).tolist()
