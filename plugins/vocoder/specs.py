@@ -35,7 +35,10 @@ UNIT_SPEECHLM = ArchitectureSpec(
     name="unit_speechlm",
     description="speechlm whose LLM also writes discrete speech units (token_space with output_units) and a vocoder "
                 "that turns them into speech: SpeechGPT, VoxtLM, SPIRIT-LM.",
-    sections=(*SPEECHLM.sections,
+    sections=(*(s if s.name != "fusion" else Section(
+        "fusion", "fusion", required=False, default={"type": "token_space", "output_units": True},
+        description="Units as tokens in and out; default: token_space with output_units.")
+        for s in SPEECHLM.sections),
               Section("vocoder", "vocoder", description="Turns the speech units the LLM writes into a waveform.")),
     build_order=(*SPEECHLM.order, "vocoder"),
     model="slmzoo_plugins.vocoder.model:UnitSpeechLM",
