@@ -170,3 +170,26 @@ def test_generate_out_writes_the_spoken_answer_of_a_tiny_speechgpt(speaker, tmp_
     spoken, rate = sf.read(tmp_path / "answer.wav")
     frames = int(model.vocoder.frames(torch.tensor([ANSWER_UNITS]), torch.tensor([5]))[0])
     assert rate == 16000 and len(spoken) == frames * 320
+
+
+def test_training_data_carries_the_spoken_answers_units(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    from slmzoo.data.manifests import eval_cuts
+
+    model = tiny()
+    items = []
+    for i, (answer, units) in enumerate([("<sosp><|unit|><eosp>", [4, 4, 60]), ("nine", None)]):
+        sf.write(tmp_path / f"{i}.wav", speechlike(0.3, i), 16000)
+        items.append({"audio_filepath": f"{i}.wav", "duration": 0.3, "question": PROMPT, "answer": answer,
+                      **({"answer_units": units} if units else {})})
+    manifest = tmp_path / "spoken.jsonl"
+    manifest.write_text("".join(json.dumps(item) + "\n" for item in items))
+    cuts = eval_cuts(manifest)
+    batch = model.training_dataset(model.card.train)[(0, cuts)]
+    offset = model.fusion.unit_offset
+    spoken = [t - offset for t in batch["labels"][0].tolist() if t >= offset]
+    assert spoken == [4, 4, 60] and not (batch["labels"][1] >= offset).any()
+    assert torch.isfinite(model(batch).loss)

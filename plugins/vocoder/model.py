@@ -77,6 +77,11 @@ class UnitSpeechLM(SpeechLM):
         return insert_units(batch, response_units, self.audio_token_id, self.fusion.unit_offset,
                             self.fusion.num_units, self.processor.pad_token_id, padding_side)
 
+    def training_dataset(self, train, augment: bool = True, strict: bool = False):
+        """:class:`SpeechDataset` batches whose spoken answers (a cut's ``custom["answer_units"]``, the JSONL field
+        ``answer_units``, with the audio tag in its ``answer``) carry their unit tokens."""
+        return SpokenAnswers(super().training_dataset(train, augment, strict), self)
+
     # -- speaking --------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_speech(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
@@ -125,6 +130,26 @@ class UnitSpeechLM(SpeechLM):
         with torch.autocast(self.device.type, enabled=False):
             audio, samples = self.vocoder(padded, lengths)
         return [audio[i, : int(samples[i])].cpu() for i in range(len(units))]
+
+
+class SpokenAnswers(torch.utils.data.Dataset):
+    """A speech dataset's batches with each spoken answer's units inserted (:func:`insert_units`)."""
+
+    def __init__(self, dataset, model: UnitSpeechLM):
+        self.dataset = dataset
+        self.audio_token_id, self.pad_id = model.audio_token_id, model.processor.pad_token_id
+        self.offset, self.num_units = model.fusion.unit_offset, model.fusion.num_units
+
+    def __getitem__(self, item) -> dict[str, Any]:
+        batch = self.dataset[item]
+        if "labels" not in batch:
+            return batch
+        cuts = item[1] if isinstance(item, tuple) else item
+        units = {cut.id: (cut.custom or {}).get("answer_units") for cut in cuts}
+        answer_units = [units.get(i) for i in batch["ids"]]
+        if all(u is None for u in answer_units):
+            return batch
+        return insert_units(batch, answer_units, self.audio_token_id, self.offset, self.num_units, self.pad_id)
 
 
 def insert_units(batch: dict, response_units: Sequence, audio_token_id: int, offset: int, num_units: int,
