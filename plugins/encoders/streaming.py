@@ -89,7 +89,7 @@ def make_subsampling_causal(encoder) -> None:
 
     subsampling._get_output_length = conv_length  # instance attributes: the class methods assume symmetric padding
     encoder._get_subsampling_output_length = subsampled_length
-    bins = torch.tensor(config.num_mel_bins)
+    bins = torch.tensor(config.num_mel_bins, device="cpu")  # plain arithmetic, also inside a meta build
     for _ in strided:
         bins = causal_strided_length(bins, kernel, stride)
     linear = subsampling.linear
