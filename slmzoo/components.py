@@ -273,31 +273,42 @@ class LanguageModel(UsesProcessor, Component):
                  **unused) -> torch.Tensor:
         """Left-padded ``inputs_embeds [B, L, D]`` -> new token ids ``[B, N]`` (``pad_token_id`` after a row
         ended), decoding with the KV cache of :meth:`hidden_states`. Greedy unless ``do_sample``."""
-        stops = torch.tensor(self.formatter.stop_token_ids if eos_token_id is None else
-                             ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
-                             device=inputs_embeds.device)
-        pad = self.pad_token_id if pad_token_id is None else pad_token_id
-        mask = attention_mask.long()
-        position_ids = default_position_ids(mask)
-        hidden, cache = self.hidden_states(inputs_embeds, mask, position_ids=position_ids, use_cache=True)
-        next_position = position_ids[:, -1:] + 1
-        done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=inputs_embeds.device)
-        tokens = []
-        for _ in range(max_new_tokens):
-            logits = self.head(hidden[:, -1:]).float()[:, -1]
-            token = _pick(logits, do_sample, temperature, top_p)
-            token = torch.where(done, torch.full_like(token, pad), token)
-            tokens.append(token)
-            done |= torch.isin(token, stops)
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            hidden, cache = self.hidden_states(self.embed(token[:, None]), mask, position_ids=next_position,
-                                               past_key_values=cache, use_cache=True)
-            next_position = next_position + 1
-        if not tokens:
-            return inputs_embeds.new_zeros(inputs_embeds.shape[0], 0, dtype=torch.long)
-        return torch.stack(tokens, dim=1)
+        stops = (self.formatter.stop_token_ids if eos_token_id is None else
+                 ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)))
+        return decode_with_cache(self, inputs_embeds, attention_mask, self.head, self.embed, stops,
+                                 self.pad_token_id if pad_token_id is None else pad_token_id, max_new_tokens,
+                                 do_sample, temperature, top_p)
+
+
+def decode_with_cache(llm: LanguageModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      head, embed, stops: list[int], pad: int, max_new_tokens: int = 128, do_sample: bool = False,
+                      temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """The token loop of :meth:`LanguageModel.generate` over ``llm.hidden_states`` and its KV cache, with the output
+    ``head`` (``[B, L, D]`` -> ``[B, L, V]``) and token ``embed`` (``[B, L]`` -> ``[B, L, D]``) given: a caller
+    whose vocabulary extends the LLM's (unit tokens) passes its own. Left-padded ``inputs_embeds [B, L, D]`` ->
+    new ids ``[B, N]``, ``pad`` after a row stopped."""
+    stops = torch.tensor(stops, device=inputs_embeds.device)
+    mask = attention_mask.long()
+    position_ids = default_position_ids(mask)
+    hidden, cache = llm.hidden_states(inputs_embeds, mask, position_ids=position_ids, use_cache=True)
+    next_position = position_ids[:, -1:] + 1
+    done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=inputs_embeds.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        logits = head(hidden[:, -1:]).float()[:, -1]
+        token = _pick(logits, do_sample, temperature, top_p)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        tokens.append(token)
+        done |= torch.isin(token, stops)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        hidden, cache = llm.hidden_states(embed(token[:, None]), mask, position_ids=next_position,
+                                          past_key_values=cache, use_cache=True)
+        next_position = next_position + 1
+    if not tokens:
+        return inputs_embeds.new_zeros(inputs_embeds.shape[0], 0, dtype=torch.long)
+    return torch.stack(tokens, dim=1)
 
 
 def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

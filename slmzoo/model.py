@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from slmzoo.architecture import Architecture, ModelOutput, TrainPolicyError  # noqa: F401 (TrainPolicyError: API)
+from slmzoo.components import LMOutput
 from slmzoo.prompting import IGNORE_INDEX, pad_sequences
 
 
@@ -80,7 +81,7 @@ class SpeechLM(Architecture):
         else:
             fused = self.fusion.fuse(self.llm, input_ids, attention_mask, embeds, labels=labels, padding_side="right")
         with self.llm.with_audio(self.rows_with_audio(batch)):
-            out = self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
+            out = self.language_model(fused)
         loss, aux_loss = out.loss, adapted.aux_loss
         if labels is not None and len(embeds) == labels.shape[0]:
             extra_loss = self.adapter.auxiliary_loss(self._response_ids(labels))
@@ -94,6 +95,11 @@ class SpeechLM(Architecture):
         if aux_loss is not None:
             losses["aux"] = aux_loss
         return SpeechLMOutput(loss=loss, logits=out.logits, num_tokens=num_tokens, aux_loss=aux_loss, losses=losses)
+
+    def language_model(self, fused) -> LMOutput:
+        """The teacher-forced LLM pass over fused inputs: logits and the next-token loss on ``fused.labels``
+        (an architecture whose vocabulary extends the LLM's overrides it)."""
+        return self.llm(fused.inputs_embeds, fused.attention_mask, labels=fused.labels, **fused.extra)
 
     def _response_ids(self, labels: torch.Tensor) -> list[torch.Tensor]:
         """Each row's response token ids ``[S_i]`` from ``labels [B, L]``, without end-of-turn tokens."""
@@ -128,8 +134,6 @@ class SpeechLM(Architecture):
                         max_new_tokens: int = 128, **generation_kwargs) -> "Generated":
         """:meth:`generate_ids` with each prompt's usage: what ``slmzoo serve`` reports for a model it cannot
         decode step by step (an encoder-decoder LLM)."""
-        if not isinstance(audio, (list, tuple)):
-            audio = [audio]
         fused, usage, with_audio = self._fuse_requests(audio, prompts, sampling_rate)
         generation_kwargs.setdefault("do_sample", False)
         try:
@@ -144,15 +148,27 @@ class SpeechLM(Architecture):
         """Requests -> the fused, left-padded LLM inputs (audio encoded once, in one batch), each row's usage:
         ``(audio_tokens [B], prompt_tokens [B])``, the prompt counted as its text tokens plus its audio embeddings
         whether the fusion puts them in the sequence or keeps them as memory, and the rows with audio ``[B]``."""
-        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
-        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        batch, embeds, fused = self.fused_prompts(audio, prompts, sampling_rate)
         tags = self.audio_tags(batch)
         clip_tokens = torch.tensor([len(e) for e in embeds], dtype=torch.long).split(tags.tolist())
         audio_tokens = torch.stack([c.sum() for c in clip_tokens])
         prompt_tokens = batch["attention_mask"].bool().sum(-1).cpu() - tags.cpu() + audio_tokens
         return fused, (audio_tokens, prompt_tokens), tags > 0
+
+    def fused_prompts(self, audio: Sequence, prompts: Sequence | None, sampling_rate: int | None):
+        """Prompts and their audio as the LLM reads them before decoding: ``(batch, embeds, fused)``, the batch
+        on the model's device, each clip's audio embeddings (or units), the left-padded fused inputs."""
+        if not isinstance(audio, (list, tuple)):
+            audio = [audio]
+        batch = self.prepare_batch(list(audio), prompts, sampling_rate=sampling_rate, padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        embeds, _ = self.encode_audio(batch["audio"].to(self._float_dtype()), batch["audio_lens"])
+        fused = self.fusion.fuse(self.llm, batch["input_ids"], batch["attention_mask"], embeds, padding_side="left")
+        return batch, embeds, fused
+
+    def speaks(self) -> bool:
+        """Whether :meth:`generate_speech` answers in speech (``slmzoo generate ... --out``); a text model: no."""
+        return False
 
     # -- step-wise decoding (continuous batching: ``slmzoo serve``) ----------------------------------------
     def supports_stepwise_decoding(self) -> bool:

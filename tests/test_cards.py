@@ -11,10 +11,11 @@ from slmzoo.card.loader import dump_yaml, load_card
 from tests.conftest import REPO, speechlike
 
 CARDS = sorted(p.stem for p in (REPO / "cards").glob("*.yaml"))
-# Cards of the speech-understanding architecture (speechlm): audio + prompt in, text out. The speech-to-speech
-# cards (duplex_s2s) have tests of their own (tests/test_duplex.py).
+# Cards of the speech-understanding architecture (speechlm, and unit_speechlm, which also speaks in units): audio +
+# prompt in, text out. The speech-to-speech cards (duplex_s2s) have tests of their own (tests/test_duplex.py); the
+# unit cards' speech out is in tests/test_vocoder.py.
 TEXT_CARDS = [n for n in CARDS if yaml.safe_load((REPO / "cards" / f"{n}.yaml").read_text(encoding="utf-8")).get(
-    "architecture", "speechlm") == "speechlm"]
+    "architecture", "speechlm") in ("speechlm", "unit_speechlm")]
 # Fusions whose zero-initialised gates (or, for cross_attention, residual outputs) make the untrained model equal
 # the text LLM: one step's gradient reaches the gates (and the blocks' weights as exact zeros), but nothing upstream
 # of the gates moves yet.

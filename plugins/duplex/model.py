@@ -231,6 +231,16 @@ class DuplexS2S(Architecture):
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
         return self.generate_duplex(items, sampling_rate, decode_audio=False).texts
 
+    def speaks(self) -> bool:
+        return True
+
+    def generate_speech(self, audio: Sequence, sampling_rate: int | None = None, prompts: Sequence | None = None,
+                        **unused) -> DuplexOutput:
+        """The agent's text and speech for each conversation (``slmzoo generate ... --out``); no prompt."""
+        if prompts is not None and any(p is not None for p in prompts):
+            raise CapabilityError("a duplex model takes no --prompt: it answers what the user channel says")
+        return self.generate_duplex(list(audio) if isinstance(audio, (list, tuple)) else [audio], sampling_rate)
+
     def decode_text(self, text: torch.Tensor, frames: torch.Tensor) -> list[str]:
         """NeMo's ``tokens_to_str``: each row cut to its frames, pad dropped, special tokens removed."""
         rows = []

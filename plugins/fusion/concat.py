@@ -19,7 +19,7 @@ class ConcatFusion(Fusion):
         Returns ``inputs_embeds [B, L', D]`` where every tag became its ``T_i`` frames; labels there are
         ignored. Rows are re-padded on ``padding_side`` ("left" for generation).
         """
-        text_embeds = llm.embed(input_ids)
+        text_embeds = self.embed_tokens(llm, input_ids)
         is_audio = input_ids == llm.audio_token_id
         audio_tag_counts(llm, input_ids, attention_mask, len(audio_embeds))
         rows, row_labels = [], []
@@ -44,6 +44,10 @@ class ConcatFusion(Fusion):
                 label_pieces.append(labels[b, start:last])
                 row_labels.append(torch.cat(label_pieces))
         return fused_rows(rows, row_labels if labels is not None else None, padding_side)
+
+    def embed_tokens(self, llm, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids [B, L]`` -> ``[B, L, D]``: the LLM's embeddings (a fusion with tokens of its own overrides it)."""
+        return llm.embed(input_ids)
 
 
 def fused_rows(rows: list[torch.Tensor], labels: list[torch.Tensor] | None, side: str) -> FusedInputs:

@@ -46,6 +46,9 @@ class TokenSpaceOptions(ComponentOptions):
     num_units: int | None = Field(
         None, ge=1, description="Units added to the vocabulary; default: the adapter's num_units / codebook_size."
     )
+    output_units: bool = Field(
+        False, description="The LM head predicts the unit tokens too (output rows tied to the unit embeddings when "
+        "the LLM ties its own), so the model can answer in speech units (SpeechGPT, VoxtLM, SPIRIT-LM).")
 
 
 class AdapterPromptOptions(ComponentOptions):

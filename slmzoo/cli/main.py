@@ -472,7 +472,7 @@ def generate(
         "--prompt", help="Instruction for every audio; default: the card's default task.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
     speech_out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Models that speak (duplex): write the spoken answer as WAV (with several --audio, "
+        "--out", help="Models that speak (duplex, discrete-unit cards): write the spoken answer as WAV (with several --audio, "
         "NAME-1.wav, NAME-2.wav, ...).")] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
@@ -486,7 +486,7 @@ def generate(
     model = load_model(target, preset, set_)
     paths = [str(p) for p in audio]
     if speech_out is not None:
-        texts, written = _speak(model, paths, speech_out, prompt)
+        texts, written = _speak(model, paths, speech_out, prompt, max_new_tokens)
     else:
         texts = model.generate(audio=paths, prompts=None if prompt is None else [prompt] * len(paths),
                                max_new_tokens=max_new_tokens)
@@ -498,15 +498,16 @@ def generate(
         echo(text)
 
 
-def _speak(model, paths: list[str], out_path: Path, prompt: str | None) -> tuple[list[str], list[str]]:
-    """The text and spoken answers of a model that speaks (``generate_duplex``), the WAVs written to ``out_path``."""
-    if not hasattr(model, "generate_duplex"):
+def _speak(model, paths: list[str], out_path: Path, prompt: str | None,
+           max_new_tokens: int) -> tuple[list[str], list[str]]:
+    """The text and spoken answers of a model that speaks (``generate_speech``), the WAVs written to ``out_path``."""
+    speaks = getattr(model, "speaks", None)
+    if speaks is None or not speaks():
         raise CLIError(f"--out writes a spoken answer; a {model.card.architecture} model answers in text only")
-    if prompt is not None:
-        raise CLIError("a duplex model takes no --prompt: it answers what the user channel says")
     import soundfile as sf
 
-    result = model.generate_duplex(paths)
+    result = model.generate_speech(paths, prompts=None if prompt is None else [prompt] * len(paths),
+                                   max_new_tokens=max_new_tokens)
     names = [out_path] if len(paths) == 1 else [out_path.with_name(f"{out_path.stem}-{i + 1}{out_path.suffix or '.wav'}")
                                                  for i in range(len(paths))]
     for name, wave in zip(names, result.audio):

@@ -23,7 +23,7 @@ from lhotse.audio import AudioSource
 from slmzoo.data.issues import DataIssues
 
 PROMPT_FIELDS = ("question", "context", "prompt")  # NeMo spoken QA / SALM fields that hold the user prompt
-CUSTOM_FIELDS = (*PROMPT_FIELDS, "answer", "task", "lang", "target_lang")
+CUSTOM_FIELDS = (*PROMPT_FIELDS, "answer", "answer_units", "task", "lang", "target_lang")
 
 
 def parse_manifest_spec(spec: str) -> tuple[Path, float]:
