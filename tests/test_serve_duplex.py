@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 
 import numpy as np
@@ -89,8 +90,6 @@ def test_text_only_and_streamed_answers(client, model):
                                                         "input_audio": {"data": wav(wave), "format": "wav"}}]}]}) as r:
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
-    import json
-
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     audio = [c["choices"][0]["delta"]["audio"] for c in chunks if c["choices"] and "audio" in c["choices"][0]["delta"]]
     assert len(audio) == 1 and audio[0]["transcript"] == text

@@ -23,6 +23,7 @@ import torch
 
 from slmzoo.audio import resample
 from slmzoo.data.dataset import BadItem, good_examples, load_waveform
+from slmzoo.prompting import pad_sequences
 from slmzoo_plugins.duplex.token_channel import TextChannelIds, build_token_channel, text_to_ids
 
 
@@ -46,15 +47,15 @@ def load_target_audio(cut, sampling_rate: int) -> np.ndarray:
 
 def spoken_text(cut, roles) -> str:
     """The turns of ``roles`` in time order, joined."""
-    return " ".join(s.text for s in sorted(cut.supervisions, key=lambda s: s.start) if s.speaker in roles and s.text)
+    from slmzoo_plugins.duplex.evaluation import agent_turns
+
+    return " ".join(agent_turns(cut, roles))
 
 
 def pad_ids(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    ids = torch.full((len(rows), max(int(lengths.max()), 1)), pad, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids, lengths
+    """Right-padded ``[B, L]`` ids and their lengths ``[B]``."""
+    ids = torch.tensor(pad_sequences(rows, pad), dtype=torch.long).reshape(len(rows), -1)
+    return ids, torch.tensor([len(r) for r in rows], dtype=torch.long)
 
 
 def pad_waves(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
