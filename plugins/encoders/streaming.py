@@ -64,9 +64,10 @@ class CausalStridedConv2d(nn.Conv2d):
         return self._conv_forward(nn.functional.pad(hidden, (before, after, before, after)), self.weight, self.bias)
 
 
-def causal_strided_length(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Frames out of one causal strided conv (NeMo ``calc_length`` with ``kernel - 1 + stride - 1`` padding)."""
-    return torch.div(lengths + stride - 2, stride, rounding_mode="floor") + 1
+def causal_strided_length(lengths, kernel: int, stride: int):
+    """Frames out of one causal strided conv (NeMo ``calc_length`` with ``kernel - 1 + stride - 1`` padding), for
+    an int or an integer tensor."""
+    return (lengths + (kernel - 1) + (stride - 1) - kernel) // stride + 1
 
 
 def make_subsampling_causal(encoder) -> None:
@@ -91,7 +92,7 @@ def make_subsampling_causal(encoder) -> None:
     encoder._get_subsampling_output_length = subsampled_length
     bins = config.num_mel_bins  # a plain int: the build may run on the meta device
     for _ in strided:
-        bins = (bins + stride - 2) // stride + 1  # causal_strided_length
+        bins = causal_strided_length(bins, kernel, stride)
     linear = subsampling.linear
     subsampling.linear = nn.Linear(subsampling.channels * int(bins), linear.out_features, bias=True,
                                    device=linear.weight.device, dtype=linear.weight.dtype)
