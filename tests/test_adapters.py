@@ -17,6 +17,7 @@ LENGTHS = [23, 11]  # a long clip and the short clip whose invariance is checked
 TINY = {
     "linear": specs.LinearOptions(),
     "mlp": specs.MLPOptions(hidden_dim=24),
+    "audio_transformer": specs.AudioTransformerOptions(num_layers=2, num_heads=4, ff_dim=64),
     "conv": specs.ConvOptions(stride=4, layers=2, hidden_dim=24),
     "avgpool": specs.AvgPoolOptions(),
     "qformer": specs.QFormerOptions(num_queries=4, hidden_size=16, num_heads=2, intermediate_size=32),
@@ -29,14 +30,14 @@ TINY = {
 }
 # Expected lengths for LENGTHS when they do not depend on the data
 EXPECTED_LENGTHS = {
-    "linear": [23, 11], "mlp": [23, 11], "conformer_adapter": [23, 11],
+    "linear": [23, 11], "mlp": [23, 11], "conformer_adapter": [23, 11], "audio_transformer": [23, 11],
     "conv": [6, 3],  # two convs k3 s2 p1: (n - 1) // 2 + 1 twice
     "avgpool": [11, 5],  # floor, as AvgPool1d and Qwen2-Audio
     "qformer": [4, 4],
     "window_qformer": [10, 6],  # ceil(n / 5) windows x 2 queries
     "tltr": [6, 3],  # ceil(n / 4)
 }
-RATES = {"linear": 50.0, "mlp": 50.0, "conformer_adapter": 50.0, "conv": 12.5, "avgpool": 25.0, "qformer": None,
+RATES = {"linear": 50.0, "mlp": 50.0, "audio_transformer": 50.0, "conformer_adapter": 50.0, "conv": 12.5, "avgpool": 25.0, "qformer": None,
          "window_qformer": 20.0, "tltr": 12.5, "ctc_compress": None, "discrete_units": None}
 TRAINABLE = [name for name in TINY if name != "discrete_units"]
 
@@ -104,6 +105,25 @@ def test_frame_adapters_refuse_stacked_layers():
         registry().get("adapter", "tltr").load_factory()(TINY["tltr"], context(encoder_layers_stacked=False))
     with pytest.raises(ValueError, match=r"\[B, L, T, C\]"):
         build("tltr")(torch.zeros(1, 8, C), torch.tensor([8]))
+
+
+# -- audio_transformer ----------------------------------------------------------------------------------------------
+def test_audio_transformer_tells_the_frames_apart_by_position():
+    """Audio Flamingo's transformation: with the sinusoidal positions, reversing the frames changes each frame's
+    output (a cross-attention fusion learns the order from them); without positions the layers are permutation
+    equivariant, so the memory would be an unordered set."""
+    from slmzoo_plugins.adapters.blocks import sinusoidal_positions
+
+    hidden, lengths = frames("audio_transformer", [12], torch.float64), torch.tensor([12])
+    for position, equivariant in (("sinusoidal", False), ("none", True)):
+        options = specs.AudioTransformerOptions(num_layers=2, num_heads=4, ff_dim=64, position=position)
+        adapter = build("audio_transformer", options).double().eval()
+        forward = adapter(hidden, lengths).embeds
+        backward = adapter(hidden.flip(1), lengths).embeds.flip(1)
+        assert torch.allclose(forward, backward, atol=1e-9) == equivariant, position
+    table = sinusoidal_positions(50, 8)
+    assert torch.allclose(table[:, 0], torch.sin(torch.arange(50.0))) and torch.allclose(table[0, 1::2], torch.ones(4))
+    assert torch.allclose(table[7, 2], torch.sin(torch.tensor(7.0 / 10000 ** (2 / 8))))
 
 
 # -- conv, avgpool --------------------------------------------------------------------------------------------------
@@ -205,6 +225,28 @@ def test_query_init_std():
     assert build("window_qformer").query.std() < 0.1  # BLIP-2's 0.02 by default
     options = TINY["window_qformer"].model_copy(update={"query_init_std": 1.0, "num_queries": 64})
     assert 0.7 < build("window_qformer", options).query.std() < 1.3  # Granite Speech's N(0, 1)
+
+
+def test_narrow_qformer_starts_with_the_audio_in_its_output():
+    """A random Q-Former's weights get BERT's 0.02 scaled by sqrt(768 / width): at 768 exactly BLIP-2's init, and a
+    96-wide one starts as a 768-wide one does, its windows' outputs differing by about a fifth of their size. At a
+    fixed 0.02 they differ by under 2% (the constant queries drown the audio; a tiny SALMONN then learns the text
+    prior only)."""
+    def window_spread(options) -> float:
+        torch.manual_seed(0)
+        factory = registry().get("adapter", "window_qformer").load_factory()
+        adapter = factory(options, BuildContext(card=None, encoder_dim=160, encoder_frame_rate=RATE, llm_dim=D)).eval()
+        hidden = torch.nn.functional.layer_norm(torch.randn(1, 17 * 64, 160), (160,))
+        with torch.no_grad():
+            out = adapter.qformer(query_embeds=adapter.query.expand(64, -1, -1),
+                                  encoder_hidden_states=hidden.view(64, 17, 160)).last_hidden_state[:, 0]
+        return float((out - out.mean(0)).pow(2).mean().sqrt() / out.pow(2).mean().sqrt())
+
+    narrow = specs.WindowQFormerOptions(window=17, num_queries=1, hidden_size=96, num_heads=4, dropout=0.0)
+    assert build("window_qformer", narrow.model_copy(update={"hidden_size": 768, "num_heads": 12})
+                 ).qformer.config.initializer_range == pytest.approx(0.02)
+    assert window_spread(narrow) > 0.1
+    assert window_spread(narrow.model_copy(update={"init_std": 0.02})) < 0.03
 
 
 # -- conformer ------------------------------------------------------------------------------------------------------

@@ -395,3 +395,26 @@ def test_a_checkpoint_without_a_whisper_tower_is_named(tmp_path):
                                  intermediate_size=32, vocab_size=64)).save_pretrained(tmp_path / "lm")
     with pytest.raises(PretrainedLoadError, match="Qwen2Config checkpoint, neither Whisper nor an audio LLM"):
         WhisperEncoder(WhisperOptions(pretrained=str(tmp_path / "lm")), BuildContext(card=None))
+
+
+def audio_share(hidden: torch.Tensor) -> float:
+    """The part of ``hidden [B, T, C]`` that differs between the clips at the same frame positions (0: none)."""
+    return float(((hidden - hidden.mean(0)).pow(2).mean() / hidden.pow(2).mean()).sqrt())
+
+
+def test_random_whisper_starts_with_the_audio_in_its_output():
+    """From random weights the conv stem gets He init, so the audio is not drowned by the sinusoidal positions added
+    after it: transformers' std-0.02 init leaves the output of a 96-wide encoder ~2% dependent on the clip (a model
+    trained from scratch then learns only the text). Loading weights is unaffected."""
+    config = dict(TINY, d_model=96, encoder_attention_heads=4, encoder_ffn_dim=384)
+    waves = [w[:16000] for w in clips(*[1.0] * 6, seed=3)]
+    waves = [w * (1 + i) / 3 for i, w in enumerate(waves)]  # loudness differs too
+    audio, lengths = batch(waves)
+    torch.manual_seed(0)
+    ours = build(config=config)
+    reference = HFWhisperEncoder(WhisperConfig(**config)).eval()  # transformers' own init
+    with torch.no_grad():
+        mels = build(config=config, pad_to_window=True).features(audio, lengths)[0]  # [B, 80, 3000]
+        ours_share = audio_share(ours(audio, lengths).hidden)
+        reference_share = audio_share(reference(mels).last_hidden_state[:, :50])
+    assert ours_share > 0.1 and reference_share < ours_share / 4, (ours_share, reference_share)

@@ -26,21 +26,22 @@ def activation(name: str) -> nn.Module:
 
 
 class MaskedTransformer(nn.Module):
-    """Pre-norm transformer encoder over ``[B, T, C]`` whose padded keys are masked, then a LayerNorm
-    (``final_norm``). Whisper's ``ResidualAttentionBlock`` layout; ``num_layers=0`` is the identity. Padded frames
-    come out zeroed.
+    """Transformer encoder over ``[B, T, C]`` whose padded keys are masked, then a LayerNorm (``final_norm``).
+    Pre-norm with GELU by default (Whisper's ``ResidualAttentionBlock`` layout); ``norm_first=False`` is the
+    original post-norm layer ("Attention is all you need"). ``num_layers=0`` is the identity. Padded frames come
+    out zeroed.
     """
 
     def __init__(self, dim: int, num_layers: int, num_heads: int, ff_dim: int | None = None, dropout: float = 0.0,
-                 final_norm: bool = True):
+                 final_norm: bool = True, norm_first: bool = True, activation: str = "gelu", eps: float = 1e-5):
         super().__init__()
         self.num_layers = num_layers
         if num_layers == 0:
             return
         if dim % num_heads:
             raise ValueError(f"transformer width {dim} is not divisible by num_heads={num_heads}")
-        layer = nn.TransformerEncoderLayer(dim, num_heads, ff_dim or 4 * dim, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, ff_dim or 4 * dim, dropout, activation=activation,
+                                           layer_norm_eps=eps, batch_first=True, norm_first=norm_first)
         # enable_nested_tensor would only apply to post-norm layers; off to keep one code path
         self.layers = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim) if final_norm else None,
                                             enable_nested_tensor=False)
@@ -84,3 +85,14 @@ def require_frames(name: str, context) -> None:
 def check_frames(name: str, hidden: torch.Tensor) -> None:
     if hidden.dim() != 3:
         raise ValueError(f"adapter {name}: expected encoder frames [B, T, C]; got {list(hidden.shape)}")
+
+
+def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The fixed positional encoding of "Attention is all you need" ``[length, dim]``: ``sin`` on the even
+    channels, ``cos`` on the odd ones, wavelengths from ``2 pi`` to ``10000 * 2 pi``."""
+    position = torch.arange(length, device=device, dtype=torch.float64)[:, None]
+    rates = 1.0 / 10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+    table = torch.zeros(length, dim, device=device, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * rates)
+    table[:, 1::2] = torch.cos(position * rates[: dim // 2])
+    return table.to(dtype)

@@ -43,6 +43,20 @@ class MLPOptions(ComponentOptions):
     num_layers: int = Field(2, ge=1, description="Linear layers (1 = a single Linear).")
 
 
+class AudioTransformerOptions(ComponentOptions):
+    """A small transformer encoder over the frames, with positions, then a Linear (Audio Flamingo's audio
+    representation transformation)."""
+
+    num_layers: int = Field(3, ge=1, description="Transformer layers (Audio Flamingo: 3).")
+    num_heads: int = Field(8, ge=1, description="Attention heads; must divide the encoder width.")
+    ff_dim: int = Field(2048, ge=1, description="Feed-forward inner width (Audio Flamingo: 2048).")
+    position: Literal["sinusoidal", "none"] = Field(
+        "sinusoidal", description="Positional encoding added to the frames (a cross-attention fusion has no other "
+        "clue to their order).")
+    scale_input: bool = Field(True, description="Scale the frames by sqrt(width) before the positions are added.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the layers (Audio Flamingo: 0).")
+
+
 class ConvOptions(ComponentOptions):
     """Strided Conv1d layers with GELU, then a Linear into the LLM width."""
 
@@ -76,6 +90,9 @@ class QFormerOptions(ComponentOptions):
     input_norm: bool = Field(False, description="LayerNorm on the encoder frames first (SALMONN's ln_speech).")
     query_init_std: float = Field(
         0.02, gt=0, description="Std of the learned queries' normal init (BLIP-2 0.02; Granite Speech 1.0).")
+    init_std: float | None = Field(
+        None, gt=0, description="Std of the Q-Former's weights when built at random; default BERT's 0.02 at width "
+        "768, scaled by sqrt(768 / hidden_size) for other widths.")
 
 
 class WindowQFormerOptions(QFormerOptions):
@@ -171,6 +188,11 @@ def slmzoo_register_components(register):
         kind="adapter", name="mlp",
         description="Linear-act-Linear per frame into the LLM width.",
         options=MLPOptions, factory="slmzoo_plugins.adapters.mlp:MLPAdapter",
+    ))
+    register(ComponentSpec(
+        kind="adapter", name="audio_transformer",
+        description="Transformer layers with positions over the frames + Linear (Audio Flamingo).",
+        options=AudioTransformerOptions, factory="slmzoo_plugins.adapters.audio_transformer:AudioTransformerAdapter",
     ))
     register(ComponentSpec(
         kind="adapter", name="conv",

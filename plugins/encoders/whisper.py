@@ -98,6 +98,16 @@ def _load_encoder_state(pretrained: str) -> dict[str, torch.Tensor]:
     return tower_tensors(pretrained, ENCODER_PREFIXES, BARE_ENCODER)
 
 
+def init_conv_stem(encoder: nn.Module) -> None:
+    """He init of a random Whisper's two convolutions (each leads to a GELU), zero biases. transformers' std-0.02
+    init shrinks the log-mel by ``0.02 * sqrt(fan_in)`` per conv (~0.1 over both at width 96), so the sinusoidal
+    positions added next are ~30x the audio and the encoder's output hardly depends on it (2% at width 96); with
+    He init the frames reach the first layer at about the positions' scale."""
+    for conv in (encoder.conv1, encoder.conv2):
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+
+
 class WhisperEncoder(Encoder):
     """Waveforms ``[B, S]`` at 16 kHz -> Whisper encoder states ``[B, T, C]`` at 50 frames/s."""
 
@@ -112,6 +122,8 @@ class WhisperEncoder(Encoder):
         if options.pretrained is not None and not context.from_config:
             load_state_strict(self.encoder, _load_encoder_state(options.pretrained), options.pretrained,
                               "WhisperEncoder")
+        elif options.pretrained is None:  # random weights, to be trained
+            init_conv_stem(self.encoder)
         self.config = config
         self.pad_to_window = options.pad_to_window
         self.window_attention_mask, self.pool = options.window_attention_mask, options.pool
