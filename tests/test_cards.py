@@ -131,6 +131,56 @@ def test_meta_build_matches_published_params(name):
     assert sum(row["params"] for row in model.summary()) >= total  # rows cover every parameter
 
 
+def test_every_card_says_whether_its_sources_state_a_total():
+    """A card without published_params says so, and where its author looked, in a ``# No published_params:``
+    comment: a missing count is then a finding, not a card nobody checked."""
+    silent = [n for n in CARDS if not raw(n).get("published_params")
+              and "# No published_params:" not in (REPO / "cards" / f"{n}.yaml").read_text(encoding="utf-8")]
+    assert not silent, f"cards with neither published_params nor a '# No published_params:' note: {silent}"
+
+
+def released_qwen2_audio():
+    """Qwen2-Audio-7B's config.json: the code defaults with its text_config (released-checkpoints.md, section 2)."""
+    import transformers
+
+    text = {"model_type": "qwen2", "vocab_size": 156032, "intermediate_size": 11008, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 8192}
+    return transformers.Qwen2AudioForConditionalGeneration, transformers.Qwen2AudioConfig(text_config=text)
+
+
+def released_voxtral():
+    """VoxtralConfig's defaults are Voxtral Mini 3B (released-checkpoints.md, section 3)."""
+    import transformers
+
+    return transformers.VoxtralForConditionalGeneration, transformers.VoxtralConfig()
+
+
+def released_audio_flamingo_3():
+    """The config transformers' convert_audioflamingo3_to_hf.py builds (and loads the original weights into,
+    strictly) for nvidia/audio-flamingo-3-hf: Qwen2.5-7B's shape with AF3's 151672-row vocabulary."""
+    import transformers
+
+    text = transformers.Qwen2Config(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+                                    num_hidden_layers=28, num_key_value_heads=4, rope_theta=1e6, vocab_size=151672)
+    return transformers.AudioFlamingo3ForConditionalGeneration, transformers.AudioFlamingo3Config(text_config=text)
+
+
+RELEASED = {"qwen2-audio": released_qwen2_audio, "voxtral": released_voxtral,
+            "audio-flamingo-3": released_audio_flamingo_3}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_full_size_card_has_the_released_checkpoints_parameters(name):
+    """The full-size card's dimensions are the release's: its meta build has exactly as many parameters as
+    transformers' model of the released config (a wrong vocabulary, width or depth shows here; the tiny
+    yardsticks in tests/test_yardsticks.py check the computation)."""
+    model_class, config = RELEASED[name]()
+    with torch.device("meta"):
+        reference = model_class(config)
+    expected = sum(p.numel() for p in reference.parameters())
+    assert slmzoo.build(slmzoo.load_card(name), meta=True).num_parameters() == expected
+
+
 @pytest.mark.parametrize("name", CARDS)
 @pytest.mark.parametrize("preset", [None, "tiny"])
 def test_resolved_card_round_trips(name, preset, tmp_path):
