@@ -131,6 +131,75 @@ def test_meta_build_matches_published_params(name):
     assert sum(row["params"] for row in model.summary()) >= total  # rows cover every parameter
 
 
+def test_every_card_says_whether_its_sources_state_a_total():
+    """A card without published_params says so, and where its author looked, in a ``# No published_params:``
+    comment: a missing count is then a finding, not a card nobody checked."""
+    silent = [n for n in CARDS if not raw(n).get("published_params")
+              and "# No published_params:" not in (REPO / "cards" / f"{n}.yaml").read_text(encoding="utf-8")]
+    assert not silent, f"cards with neither published_params nor a '# No published_params:' note: {silent}"
+
+
+def meta_parameters(model_class, config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in model_class(config).parameters())
+
+
+def released_qwen2_audio() -> int:
+    """Qwen2-Audio-7B's config.json: the code defaults with its text_config (released-checkpoints.md, section 2)."""
+    import transformers
+
+    text = {"model_type": "qwen2", "vocab_size": 156032, "intermediate_size": 11008, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 8192}
+    return meta_parameters(transformers.Qwen2AudioForConditionalGeneration,
+                           transformers.Qwen2AudioConfig(text_config=text))
+
+
+def released_voxtral() -> int:
+    """VoxtralConfig's defaults are Voxtral Mini 3B (released-checkpoints.md, section 3)."""
+    import transformers
+
+    return meta_parameters(transformers.VoxtralForConditionalGeneration, transformers.VoxtralConfig())
+
+
+def released_audio_flamingo_3() -> int:
+    """The config transformers' convert_audioflamingo3_to_hf.py builds (and loads the original weights into,
+    strictly) for nvidia/audio-flamingo-3-hf: Qwen2.5-7B's shape with AF3's 151672-row vocabulary."""
+    import transformers
+
+    text = transformers.Qwen2Config(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+                                    num_hidden_layers=28, num_key_value_heads=4, rope_theta=1e6, vocab_size=151672)
+    return meta_parameters(transformers.AudioFlamingo3ForConditionalGeneration,
+                           transformers.AudioFlamingo3Config(text_config=text))
+
+
+def released_ultravox() -> int:
+    """Ultravox v0.5 (Llama 3.1 8B): whisper-large-v3-turbo's encoder + UltravoxProjector (stack 8 x 1280, RMSNorm,
+    Linear to 4096 without bias, SwiGLU halving it, RMSNorm, Linear 2048 -> 4096; released-checkpoints.md, section 6)
+    + Llama-3.1-8B."""
+    import transformers
+
+    whisper = transformers.WhisperConfig(d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                                         encoder_ffn_dim=5120, num_mel_bins=128, max_source_positions=1500)
+    llama = transformers.LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                     num_key_value_heads=8, intermediate_size=14336, vocab_size=128256)
+    stacked = 8 * 1280
+    projector = stacked + stacked * 4096 + 2048 + 2048 * 4096
+    return (meta_parameters(transformers.models.whisper.modeling_whisper.WhisperEncoder, whisper) + projector
+            + meta_parameters(transformers.LlamaForCausalLM, llama))
+
+
+RELEASED = {"qwen2-audio": released_qwen2_audio, "voxtral": released_voxtral,
+            "audio-flamingo-3": released_audio_flamingo_3, "ultravox": released_ultravox}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_full_size_card_has_the_released_checkpoints_parameters(name):
+    """The full-size card's dimensions are the release's: its meta build has exactly as many parameters as
+    transformers' model of the released config (a wrong vocabulary, width or depth shows here; the tiny
+    yardsticks in tests/test_yardsticks.py check the computation)."""
+    assert slmzoo.build(slmzoo.load_card(name), meta=True).num_parameters() == RELEASED[name]()
+
+
 @pytest.mark.parametrize("name", CARDS)
 @pytest.mark.parametrize("preset", [None, "tiny"])
 def test_resolved_card_round_trips(name, preset, tmp_path):
