@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import slmzoo
 from slmzoo.builder import BuildContext
 from slmzoo_plugins.adapters.specs import StackOptions
 from slmzoo_plugins.adapters.stack import StackAdapter
@@ -71,6 +72,15 @@ def test_mid_norm_is_ultravox_v05_projector():
     a, gate = adapter.linear_1(adapter.norm(x.reshape(1, 2, 24))).chunk(2, dim=-1)
     expected = adapter.linear_2(adapter.mid_norm(a * torch.nn.functional.silu(gate)))
     assert torch.allclose(adapter(x, torch.tensor([4])).embeds, expected, atol=1e-6)
+
+
+def test_norm_init_is_ultravox_rmsnorm_init():
+    """Ultravox's ``RMSNorm(init=config.norm_init)`` fills both norms' weights with 0.4 (UltravoxConfig's default);
+    the ultravox card asks for it, other cards keep torch's 1."""
+    adapter = build(k=2, hidden_dim=16, activation="swiglu", norm="rmsnorm", mid_norm="rmsnorm", norm_init=0.4)
+    assert (adapter.norm.weight == 0.4).all() and (adapter.mid_norm.weight == 0.4).all()
+    assert (build(k=2, norm="layernorm").norm.weight == 1).all()
+    assert slmzoo.load_card("ultravox").data["adapter"]["norm_init"] == 0.4
 
 
 def test_stacks_consecutive_frames_in_order():

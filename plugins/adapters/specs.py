@@ -20,6 +20,7 @@ class StackOptions(ComponentOptions):
     mid_norm: Literal["none", "layernorm", "rmsnorm"] = Field(
         "none", description="Normalisation after the activation (Ultravox v0.5+'s `ln_mid`).")
     bias: bool = Field(True, description="Biases in both Linear layers; false for Ultravox's and Voxtral's projectors.")
+    norm_init: float = Field(1.0, gt=0, description="Initial weight of both norms (Ultravox's `norm_init`: 0.4).")
 
     @model_validator(mode="after")
     def _swiglu_splits_the_width(self):

@@ -46,6 +46,10 @@ class StackAdapter(Adapter):
         self.mid_norm = norms[options.mid_norm](mid_dim) if options.mid_norm in norms else nn.Identity()
         self.linear_2 = nn.Linear(mid_dim, context.llm_dim, bias=options.bias)
         self.output_dim = context.llm_dim
+        # Ultravox's RMSNorm(init=config.norm_init) starts its weights at 0.4, not 1
+        for norm in (self.norm, self.mid_norm):
+            if getattr(norm, "weight", None) is not None:
+                nn.init.constant_(norm.weight, options.norm_init)
 
     def output_frame_rate(self, input_frame_rate: float) -> float:
         return input_frame_rate / self.k
