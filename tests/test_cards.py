@@ -138,7 +138,8 @@ def initial_attention_logit_std(attention: torch.nn.Module, width: int, samples:
 # At width 128 transformers' initializer_range 0.02 gives a Llama (no QK-norm) logits of std 0.05, near-uniform
 # attention; at 0.05 (std 0.32) the ultravox tiny preset's digits loss is 0.53 / 0.09 at steps 100 / 500 against
 # 0.79 / 0.13, as fast as the same model with Qwen3's QK-norm (salm's LLM, std 0.99: 0.59 / 0.09).
-FROM_SCRATCH_ATTENTION = ["salm", "ultravox", "cosmic", "ltu-as", "speech-llama", "speechgpt", "mu-llama", "pengi", "salmonn"]
+FROM_SCRATCH_ATTENTION = ["salm", "ultravox", "cosmic", "ltu-as", "speech-llama", "speechgpt", "mu-llama", "pengi",
+                          "salmonn", "audio-flamingo"]
 
 
 @pytest.mark.parametrize("name", FROM_SCRATCH_ATTENTION)
