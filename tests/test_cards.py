@@ -154,6 +154,35 @@ def test_tiny_llm_attention_is_not_uniform_at_init(name):
     assert min(stds) > 0.2, f"{name}: initial attention logits of std {min(stds):.3f} (raise llm.config.initializer_range)"
 
 
+DIGITS = REPO.parent / "shared" / "data" / "digits"
+# Encoders whose output is not the clips' own frames: Voxtral's tower hands over the whole 30 s window (silence too).
+WHOLE_WINDOW = {"voxtral"}
+
+
+@pytest.mark.skipif(not (DIGITS / "train.jsonl").is_file(), reason="digits corpus not found")
+@pytest.mark.parametrize("name", [n for n in CARDS if n not in WHOLE_WINDOW])
+def test_tiny_encoder_output_starts_with_the_audio_in_it(name):
+    """From random weights each tiny encoder's output must depend on the audio: the part of it that differs between
+    eight digit clips at the same frame positions is over a fifth. A random Whisper with transformers' std-0.02
+    conv stem gave 2% (the positions drown the audio), a FastConformer's std-0.02 subsampling about nothing: models
+    built on them trained on the text alone."""
+    import json
+
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in (DIGITS / "train.jsonl").read_text().splitlines()[:8]]
+    waves = [torch.tensor(sf.read(DIGITS / r["audio_filepath"], dtype="float32")[0]) for r in rows]
+    n = min(len(w) for w in waves)
+    torch.manual_seed(0)
+    model = slmzoo.build(load_card(name, preset="tiny")).eval()
+    with torch.no_grad():
+        out = model.encoder(torch.stack([w[:n] for w in waves]), torch.full((8,), n))
+    hidden = out.hidden if out.hidden.dim() == 3 else out.hidden[:, -1]  # [B, T, C] (all layers: the last)
+    hidden = hidden[:, : int(out.lengths.min())]
+    share = float(((hidden - hidden.mean(0)).pow(2).mean() / hidden.pow(2).mean()).sqrt())
+    assert share > 0.2, f"{name}: the tiny encoder's output is {share:.1%} audio at initialisation"
+
+
 PUBLISHED = [n for n in CARDS if raw(n).get("published_params")]
 
 
