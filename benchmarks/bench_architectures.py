@@ -96,9 +96,10 @@ NOTES = {
     "audio-flamingo": "does not learn at this budget: dev loss 0.55 / 0.54 and dev CER 116% / 125% at steps 600 / "
                       "1200 (lr 3e-3: 0.57 / 0.54). Not the fusion: with `concat` in place of the gated "
                       "cross-attention the same tiny CLAP (HTSAT over 16 mel bins) is at dev loss 0.52 after 600 "
-                      "steps too, while the gated model memorises 16 clips through its cross-attention (CI test: loss "
-                      "0.04, 1.35 with the clips shuffled). Fixed on the way: the audio transformation is Audio "
-                      "Flamingo's (a transformer with positions, an MLP before), the OPT starts at init_std 0.05",
+                      "steps too (32 mel bins over a 3-stage HTSAT: 0.56), while the gated model memorises 16 clips "
+                      "through its cross-attention (CI test: loss 0.04, 1.35 with the clips shuffled); pengi, on the "
+                      "same CLAP, is slow too. Fixed on the way: the audio transformation is Audio Flamingo's (a "
+                      "transformer with positions, an MLP before), the OPT starts at init_std 0.05",
     "salmonn": "89.3% with transformers' std-0.02 Whisper conv stem (its output 2% audio), 78.8% with the stem fixed "
                "and the Llama at initializer_range 0.02; dev CER 32% / 21% / 19% at steps 600 / 1200 / 1400, short "
                "of 15% within the budget: one query per 17 frames (3 tokens/s) learns slower than the denser "
