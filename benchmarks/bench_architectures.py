@@ -87,8 +87,7 @@ def train_and_evaluate(family: str, lr: float, steps: int | None, out: Path, uns
 
 # What each family's row needs said: for one above the issue's 15% test WER, the measured curve and the reason.
 NOTES = {
-    "salm": "measured at 1600 steps, the recipe before it went to 1400 (tests/test_learns_digits.py: at most 10% "
-            "at 1400)",
+    "salm": "the worked example (tests/test_learns_digits.py: at most 10% in at most 600 s of training)",
     "bestow": "zero-initialised block outputs (the stack starts as the identity): 38.4% before, with PyTorch's "
               "default init; dev CER 81% / 28% / 22% at steps 600 / 1200 / 1400, loss still falling: short of 15% "
               "within the budget. Its Llama stays at initializer_range 0.02: at 0.05 (the other Llama presets') "
