@@ -98,6 +98,19 @@ NOTES = {
     "audio-flamingo-outputs": "`fusion.zero_init=outputs` (gates at 1, output projections at 0): no better at this "
                               "budget. A CLAP family can learn (pengi at step 600, stopped: right lengths, some right "
                               "digits, dev CER 93%); these need more steps than the budget or a fix not found yet",
+    "ultravox": "71.0% before the random Whisper's He-initialised conv stem and the tiny Llama's initializer_range "
+                "0.05 (0.02: logits of std 0.05, near-uniform attention): loss at steps 100 / 500 0.80 / 0.50 before, "
+                "0.79 / 0.13 with the stem, 0.54 / 0.12 with both (and Ultravox's norm_init 0.4)",
+    "speech-llama-init002": "the tiny Llama at transformers' initializer_range 0.02 (the card now starts at 0.05, as the "
+                            "other Llama presets): CTC compression learns there too",
+    "cosmic-q4": "4 Q-Former queries per clip: WER grows with the digits a clip holds (2 words 1%, 4 words 21%, 6 words "
+                 "50%); dev CER 47% / 27% / 24% at steps 600 / 1200 / 1400. The card's tiny preset now has 8",
+    "granite-speech": "logits_scaling 0.5 (Granite's muP rule, width / 256; the 8B's 16 left the loss at 5.2 / 2.9 at "
+                      "steps 50 / 250, 0.5 gives 2.2 / 1.1); still above the text prior (0.5) at step 250, and "
+                      "initializer_range 0.1 did not help: cause not found",
+    "pengi": "dev loss 0.48 / 0.38 / 0.37 and dev CER 80% / 63% / 63% at steps 600 / 1200 / 1400: off the text prior only "
+             "after step 800 (train loss 0.51 at 800, 0.43 at 1400). It shares the tiny CLAP (HTSAT over 16 mel bins) "
+             "with audio-flamingo, which does not learn either: that encoder is the suspect, not investigated further",
     "salmonn": "dev loss 0.51 / 0.48 and dev CER 100% / 95% at steps 600 / 1200: barely off the text prior. One "
                "query per 17 Whisper frames (3 tokens/s, about one per digit word) learnt from scratch is the "
                "bottleneck we suspect (untested); more steps or a denser window Q-Former next",
