@@ -111,6 +111,11 @@ NOTES = {
     "pengi": "dev loss 0.48 / 0.38 / 0.37 and dev CER 80% / 63% / 63% at steps 600 / 1200 / 1400: off the text prior only "
              "after step 800 (train loss 0.51 at 800, 0.43 at 1400). It shares the tiny CLAP (HTSAT over 16 mel bins) "
              "with audio-flamingo, which does not learn either: that encoder is the suspect, not investigated further",
+    "slm": "the tiny mT5 starts at loss 66 (logits of std 12: transformers' T5 init draws the untied lm_head and the "
+           "shared embeddings at std 1.0, the Mesh TensorFlow recipe for Adafactor), and spends the budget unlearning "
+           "it: train loss 2.9 / 1.2 / 0.74 at steps 100 / 500 / 1400, dev loss 0.70 / 0.56 / 0.56 and dev CER 444% / "
+           "402% / 260% at steps 600 / 1200 / 1400 (runaway outputs). A from-scratch mT5 init at the LLM's scale "
+           "(or more steps) next; not tried",
     "salmonn": "dev loss 0.51 / 0.48 and dev CER 100% / 95% at steps 600 / 1200: barely off the text prior. One "
                "query per 17 Whisper frames (3 tokens/s, about one per digit word) learnt from scratch is the "
                "bottleneck we suspect (untested); more steps or a denser window Q-Former next",
