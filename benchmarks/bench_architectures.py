@@ -116,6 +116,10 @@ NOTES = {
            "it: train loss 2.9 / 1.2 / 0.74 at steps 100 / 500 / 1400, dev loss 0.70 / 0.56 / 0.56 and dev CER 444% / "
            "402% / 260% at steps 600 / 1200 / 1400 (runaway outputs). A from-scratch mT5 init at the LLM's scale "
            "(or more steps) next; not tried",
+    "speechgpt": "flat at the text prior: train loss 0.56 / 0.52 / 0.52 at steps 300 / 800 / 1300, dev CER 91% / 96% at "
+                 "600 / 1200. Units of a random 2-layer HuBERT's first layer (k-means, 64 units fitted on 400 training "
+                 "clips), which training now sees as inference does (encoder kept in eval mode: HuBERT's SpecAugment "
+                 "changed 40% of them); whether a random HuBERT's units tell the digits apart is not measured yet",
     "salmonn": "dev loss 0.51 / 0.48 and dev CER 100% / 95% at steps 600 / 1200: barely off the text prior. One "
                "query per 17 Whisper frames (3 tokens/s, about one per digit word) learnt from scratch is the "
                "bottleneck we suspect (untested); more steps or a denser window Q-Former next",
