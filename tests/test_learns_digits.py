@@ -47,24 +47,78 @@ def test_salm_tiny_learns_digits(tmp_path):
 # issue's 15%, or for a family measured short of it (README table, its note) a bound its previous state failed.
 CI_BOUNDS = {
     "bestow": 0.30,  # 22.8% measured at 1400 steps; 38.4% with default-initialised block outputs
+    "salmonn": 0.35,  # 22.9% measured; 78.8% with the Llama at initializer_range 0.02, 89.3% with std-0.02 Whisper stem
 }
+PARALLEL = 2  # trainings at once, one thread each: on 2 cores two 1-thread runs beat two 2-thread runs in a row
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory) -> dict[str, Path]:
+    """Every family of ``CI_BOUNDS`` trained, ``PARALLEL`` at a time (no validation passes: they only cost time)."""
+    from benchmarks.bench_architectures import family_overrides, recipe
+
+    out = tmp_path_factory.mktemp("families")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running, runs = list(CI_BOUNDS), [], {}
+    while pending or running:
+        while pending and len(running) < PARALLEL:
+            family = pending.pop(0)
+            runs[family] = out / family
+            command = [sys.executable, "-m", "slmzoo", "train", family, "--preset", "tiny", "--train",
+                       str(DIGITS / "train.jsonl"), "--out", str(runs[family]), "--no-progress", *recipe(None, 1e-3),
+                       *family_overrides(family, out)]
+            running.append((family, subprocess.Popen(command, env=env)))
+        family, process = running.pop(0)
+        assert process.wait() == 0, f"{family}: training failed"
+    return runs
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (DIGITS / "train.jsonl").is_file(), reason=f"digits corpus not found at {DIGITS}")
 @pytest.mark.parametrize("family", list(CI_BOUNDS))
-def test_family_learns_digits(family, tmp_path):
-    """About 7-9 minutes each on 2 idle CPU cores (no validation passes: they only cost time here)."""
-    from benchmarks.bench_architectures import family_overrides, recipe
-
-    run = tmp_path / "run"
-    cli = [sys.executable, "-m", "slmzoo"]
-    subprocess.run([*cli, "train", family, "--preset", "tiny", "--train", str(DIGITS / "train.jsonl"),
-                    "--out", str(run), "--no-progress", *recipe(None, 1e-3), *family_overrides(family, tmp_path)],
-                   check=True)
-    result = subprocess.run([*cli, "eval", str(run), "--data", str(DIGITS / "test.jsonl"), "--json",
-                             "--normalizer", "basic"], check=True, capture_output=True, text=True)
+def test_family_learns_digits(family, family_runs):
+    """About 8-9 minutes per family on one CPU core; two families train at once."""
+    result = subprocess.run([sys.executable, "-m", "slmzoo", "eval", str(family_runs[family]), "--data",
+                             str(DIGITS / "test.jsonl"), "--json", "--normalizer", "basic"],
+                            check=True, capture_output=True, text=True)
     metrics = json.loads(result.stdout)
     print(f"{family} digits: test WER {metrics['wer']:.3f}, CER {metrics['cer']:.3f}")
     assert metrics["num_utterances"] == 200
     assert metrics["wer"] <= CI_BOUNDS[family]
+
+
+# Families whose digits run is short of a bound worth testing (README table, their notes): CI proves at least that
+# the audio reaches their LLM, since a masking, gate or gradient bug would leave them at the text prior.
+MEMORISERS = ["audio-flamingo"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DIGITS / "train.jsonl").is_file(), reason=f"digits corpus not found at {DIGITS}")
+@pytest.mark.parametrize("family", MEMORISERS)
+def test_family_memorises_digit_clips_through_their_audio(family):
+    """The tiny preset, everything trained, fits 16 digit utterances (one batch, 150 steps): its loss ends far
+    below what the same model gives with the clips shuffled among the transcripts, so the answer comes from the
+    audio (a model that ignores it cannot tell the 16 transcripts apart). About a minute on 2 CPU cores."""
+    import slmzoo
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rows = [json.loads(line) for line in (DIGITS / "train.jsonl").read_text().splitlines()[:16]]
+    model = slmzoo.build(slmzoo.load_card(family, preset="tiny"))
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    clips, texts = [str(DIGITS / r["audio_filepath"]) for r in rows], [r["text"] for r in rows]
+    batch = model.processor(clips, responses=texts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    shuffled = model.processor(clips[1:] + clips[:1], responses=texts)
+    with torch.no_grad():
+        own, other = model(batch).loss.item(), model(shuffled).loss.item()
+    print(f"{family}: loss {own:.4f} with each clip's own audio, {other:.4f} with the clips shuffled")
+    assert own < 0.1 and other > 10 * own  # measured: 0.040 and 1.35
