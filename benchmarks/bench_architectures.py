@@ -106,7 +106,8 @@ NOTES = {
     "speech-llama-init002": "the tiny Llama at transformers' initializer_range 0.02 (the card now starts at 0.05, as the "
                             "other Llama presets): CTC compression learns there too",
     "cosmic-q4": "4 Q-Former queries per clip: WER grows with the digits a clip holds (2 words 1%, 4 words 21%, 6 words "
-                 "50%); dev CER 47% / 27% / 24% at steps 600 / 1200 / 1400. The card's tiny preset now has 8",
+                 "50%); dev CER 47% / 27% / 24% at steps 600 / 1200 / 1400. The card's tiny preset now has 8 (its row: dev "
+                 "CER 26% / 11% / 11%)",
     "granite-speech": "logits_scaling 0.5 (Granite's muP rule, width / 256; the 8B's 16 left the loss at 5.2 / 2.9 at "
                       "steps 50 / 250, 0.5 gives 2.2 / 1.1); still above the text prior (0.5) at step 250, and "
                       "initializer_range 0.1 did not help: cause not found",
