@@ -99,6 +99,30 @@ NOTES = {
                       "through its cross-attention (CI test: loss 0.04, 1.35 with the clips shuffled); pengi, on the "
                       "same CLAP, is slow too. Fixed on the way: the audio transformation is Audio Flamingo's (a "
                       "transformer with positions, an MLP before), the OPT starts at init_std 0.05",
+    "ultravox": "71.0% before the random Whisper's He-initialised conv stem and the tiny Llama's initializer_range "
+                "0.05 (0.02: logits of std 0.05, near-uniform attention): loss at steps 100 / 500 0.80 / 0.50 before, "
+                "0.79 / 0.13 with the stem, 0.54 / 0.12 with both (and Ultravox's norm_init 0.4)",
+    "speech-llama-init005": "the tiny Llama at initializer_range 0.05 (the other Llama presets'): test WER 18.0%, dev "
+                            "CER 31% / 18% / 18% at steps 600 / 1200 / 1400, against 8.1% and 29% / 12% / 8% at "
+                            "transformers' 0.02, which the card keeps",
+    "cosmic-q4": "4 Q-Former queries per clip: WER grows with the digits a clip holds (2 words 1%, 4 words 21%, 6 words "
+                 "50%); dev CER 47% / 27% / 24% at steps 600 / 1200 / 1400. The card's tiny preset now has 8 (its row: dev "
+                 "CER 26% / 11% / 11%)",
+    "granite-speech": "logits_scaling 0.5 (Granite's muP rule, width / 256; the 8B's 16 left the loss at 5.2 / 2.9 at "
+                      "steps 50 / 250, 0.5 gives 2.2 / 1.1); still above the text prior (0.5) at step 250, and "
+                      "initializer_range 0.1 did not help: cause not found",
+    "pengi": "dev loss 0.48 / 0.38 / 0.37 and dev CER 80% / 63% / 63% at steps 600 / 1200 / 1400: off the text prior only "
+             "after step 800 (train loss 0.51 at 800, 0.43 at 1400). It shares the tiny CLAP (HTSAT over 16 mel bins) "
+             "with audio-flamingo, which does not learn either: that encoder is the suspect, not investigated further",
+    "slm": "the tiny mT5 starts at loss 66 (logits of std 12: transformers' T5 init draws the untied lm_head and the "
+           "shared embeddings at std 1.0, the Mesh TensorFlow recipe for Adafactor), and spends the budget unlearning "
+           "it: train loss 2.9 / 1.2 / 0.74 at steps 100 / 500 / 1400, dev loss 0.70 / 0.56 / 0.56 and dev CER 444% / "
+           "402% / 260% at steps 600 / 1200 / 1400 (runaway outputs). A from-scratch mT5 init at the LLM's scale "
+           "(or more steps) next; not tried",
+    "speechgpt": "flat at the text prior: train loss 0.56 / 0.52 / 0.52 at steps 300 / 800 / 1300, dev CER 91% / 96% at "
+                 "600 / 1200. Units of a random 2-layer HuBERT's first layer (k-means, 64 units fitted on 400 training "
+                 "clips), which training now sees as inference does (encoder kept in eval mode: HuBERT's SpecAugment "
+                 "changed 40% of them); whether a random HuBERT's units tell the digits apart is not measured yet",
     "salmonn": "89.3% with transformers' std-0.02 Whisper conv stem (its output 2% audio), 78.8% with the stem fixed "
                "and the Llama at initializer_range 0.02; dev CER 32% / 21% / 19% at steps 600 / 1200 / 1400, short "
                "of 15% within the budget: one query per 17 frames (3 tokens/s) learns slower than the denser "

@@ -129,6 +129,9 @@ class Adapter(Component):
     """Encoder frames -> LLM-width embeddings."""
 
     output_dim: int
+    # True for an adapter fitted on the encoder's inference-mode features (a k-means codebook): the encoder then
+    # runs in inference mode in training too, so dropout and SpecAugment masking never change the units
+    fitted_on_encoder: bool = False
 
     def output_frame_rate(self, input_frame_rate: float) -> float | None:
         """Embeddings per second of audio reaching the LLM; ``None`` when fixed per clip (learned queries)."""

@@ -41,6 +41,15 @@ class SpeechLM(Architecture):
         super().__init__(card, processor=processor if processor is not None else llm.processor,
                          encoder=encoder, adapter=adapter, fusion=fusion, llm=llm, **sections)
 
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; an encoder under a fitted adapter (discrete units) stays in inference mode: in
+        training mode HuBERT masks frames (SpecAugment) and drops activations, so the units the LLM learnt from
+        would not be the ones inference gives it."""
+        super().train(mode)
+        if self.adapter.fitted_on_encoder:
+            self.encoder.train(False)
+        return self
+
     def audio_tokens_per_second(self) -> float | None:
         """Audio embeddings reaching the LLM per second of audio (``None``: a fixed number per clip)."""
         return self.adapter.output_frame_rate(self.encoder.frame_rate)

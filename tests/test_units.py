@@ -32,3 +32,24 @@ def test_units_fit_writes_a_codebook_the_card_loads(tmp_path):
     card = slmzoo.load_card("speechgpt", preset="tiny", overrides=[f"adapter.codebook={out}", "adapter.num_units=8"])
     model = slmzoo.build(card)
     assert torch.allclose(model.adapter.codebook.float(), torch.from_numpy(codebook))
+
+
+def test_training_sees_the_units_inference_sees():
+    """The codebook is fitted on the encoder in eval mode; in training mode HuBERT would mask frames (SpecAugment,
+    ``mask_time_prob``) and drop activations, so the LLM would learn from other units than it gets at inference.
+    The encoder under a discrete-units adapter stays in eval mode, whatever the model's mode."""
+    torch.manual_seed(0)
+    model = slmzoo.build(slmzoo.load_card("speechgpt", preset="tiny"))
+    audio = torch.from_numpy(np.stack([speechlike(1.0, seed=1), speechlike(1.0, seed=2)]))
+    lengths = torch.tensor([16000, 16000])
+
+    def units():
+        torch.manual_seed(1)  # the same masks and dropout draws, were any made
+        encoded = model.encoder(audio, lengths)
+        return model.adapter(encoded.hidden, encoded.lengths).units
+
+    model.eval()
+    at_inference = units()
+    model.train()
+    assert not model.encoder.training and model.llm.training
+    assert torch.equal(units(), at_inference)

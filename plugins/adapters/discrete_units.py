@@ -105,6 +105,8 @@ def fit_codebook(features: list[torch.Tensor], num_units: int, iters: int = 50, 
 class DiscreteUnitsAdapter(Adapter):
     """``hidden [B, T, C]`` -> ``units [B, T']`` (-1 padded), lengths; ``embeds`` is None."""
 
+    fitted_on_encoder = True  # the codebook is k-means over the encoder in eval mode (``slmzoo units fit``)
+
     def __init__(self, options, context):
         super().__init__()
         require_frames("discrete_units", context)
