@@ -93,7 +93,10 @@ def restore_optimizer(model, optimizer, state: dict) -> None:
     if any(isinstance(i, int) for group in state["param_groups"] for i in group["params"]):
         _inner(optimizer).load_state_dict(state)  # keyed by position: written by slmzoo 0.1's first checkpoints
         return
-    set_optimizer_state_dict(model, _inner(optimizer), state, options=StateDictOptions(full_state_dict=True))
+    # strict=False: a trainable parameter that never had a gradient (a loss term weighted 0, say speech-llama's
+    # CTC head) has no optimizer state to save; it starts fresh on resume, as it would have gone on in the run.
+    set_optimizer_state_dict(model, _inner(optimizer), state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def rng_state() -> dict:
