@@ -118,6 +118,25 @@ def test_optimizer_state_is_keyed_by_name_and_positional_files_still_load():
             assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and a["step"] == b["step"]
 
 
+def test_a_parameter_that_never_had_a_gradient_resumes_fresh():
+    """A trainable parameter no loss reached (a head whose loss weight is 0) has no optimizer state to save; resume
+    starts it fresh instead of refusing the checkpoint (speech-llama's CTC head stopped a --resume)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    unused = torch.nn.Linear(2, 2)
+    whole = torch.nn.ModuleDict({"used": model, "unused": unused})
+    optimizer = torch.optim.AdamW(whole.parameters())
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    state = ckpt.optimizer_state(whole, optimizer)
+    assert not any(name.startswith("unused.") for name in state["state"])
+    whole.zero_grad(set_to_none=True)  # as a resumed run's fresh model
+    restored = torch.optim.AdamW(whole.parameters())
+    ckpt.restore_optimizer(whole, restored, state)
+    assert torch.equal(restored.state[model[0].weight]["exp_avg"], optimizer.state[model[0].weight]["exp_avg"])
+    assert not restored.state[unused.weight] or not restored.state[unused.weight]["exp_avg"].any()
+
+
 def test_bf16_accumulation_checkpointing_then_refuses_to_overwrite(corpus, tmp_path):
     summary = _train(corpus, tmp_path / "run", "train.max_steps=1", "train.precision=bf16", "train.grad_accum=2",
                      "train.gradient_checkpointing=true")
