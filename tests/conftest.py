@@ -38,6 +38,13 @@ def speechlike(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
     return wave.astype(np.float32)
 
 
+def audio_share(hidden: torch.Tensor) -> float:
+    """How much of ``hidden [B, ...]`` differs between the batch's inputs at the same positions, relative to its
+    size: 0 when the output ignores its input (at initialisation: the audio hidden by the init), ~1 when it is all
+    input-dependent."""
+    return float(((hidden - hidden.mean(0)).pow(2).mean() / hidden.pow(2).mean()).sqrt())
+
+
 # A fixed card for CLI and error tests: first-party cards evolve, these tests must not.
 BASE_CARD = """
 name: zoo_base

@@ -8,7 +8,7 @@ import yaml
 
 import slmzoo
 from slmzoo.card.loader import dump_yaml, load_card
-from tests.conftest import REPO, speechlike
+from tests.conftest import REPO, audio_share, speechlike
 
 CARDS = sorted(p.stem for p in (REPO / "cards").glob("*.yaml"))
 # Cards of the speech-understanding architecture (speechlm, and unit_speechlm, which also speaks in units): audio +
@@ -189,7 +189,7 @@ def test_tiny_encoder_output_starts_with_the_audio_in_it(name):
         out = model.encoder(torch.stack([w[:n] for w in waves]), torch.full((8,), n))
     hidden = out.hidden if out.hidden.dim() == 3 else out.hidden[:, -1]  # [B, T, C] (all layers: the last)
     hidden = hidden[:, : int(out.lengths.min())]
-    share = float(((hidden - hidden.mean(0)).pow(2).mean() / hidden.pow(2).mean()).sqrt())
+    share = audio_share(hidden)
     assert share > 0.2, f"{name}: the tiny encoder's output is {share:.1%} audio at initialisation"
 
 

@@ -12,6 +12,7 @@ from slmzoo.builder import BuildContext
 from slmzoo.errors import PretrainedLoadError
 from slmzoo_plugins.encoders.specs import WhisperOptions
 from slmzoo_plugins.encoders.whisper import WhisperEncoder
+from tests.conftest import audio_share
 
 TINY = dict(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
             decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32)
@@ -395,11 +396,6 @@ def test_a_checkpoint_without_a_whisper_tower_is_named(tmp_path):
                                  intermediate_size=32, vocab_size=64)).save_pretrained(tmp_path / "lm")
     with pytest.raises(PretrainedLoadError, match="Qwen2Config checkpoint, neither Whisper nor an audio LLM"):
         WhisperEncoder(WhisperOptions(pretrained=str(tmp_path / "lm")), BuildContext(card=None))
-
-
-def audio_share(hidden: torch.Tensor) -> float:
-    """The part of ``hidden [B, T, C]`` that differs between the clips at the same frame positions (0: none)."""
-    return float(((hidden - hidden.mean(0)).pow(2).mean() / hidden.pow(2).mean()).sqrt())
 
 
 def test_random_whisper_starts_with_the_audio_in_its_output():
