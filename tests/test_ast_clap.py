@@ -192,3 +192,33 @@ def test_clap_meta_build(tmp_path):
     with torch.device("meta"):
         meta = ClapEncoder(ClapOptions(pretrained=str(folder)), context(meta=True))
     assert next(meta.parameters()).is_meta and count(meta) == count(clap_encoder(folder))
+
+
+def random_clap(**feature_extractor):
+    from slmzoo_plugins.encoders.clap import ClapEncoder
+
+    torch.manual_seed(0)
+    config = {**CLAP_AUDIO, "hidden_dropout_prob": 0.0}
+    return ClapEncoder(ClapOptions(config=config, feature_extractor={**CLAP_FE, **feature_extractor}), context())
+
+
+def test_clap_normalised_features_never_depend_on_the_batch():
+    """``normalize: all_features``: each clip's log-mel by its own mean and std, and the input BatchNorm on its
+    running statistics in training too. CLAP's own batch statistics make a clip's output depend on its batch
+    (a tiny CLAP trained from scratch under augmentation stayed on the text prior with them)."""
+    wave = torch.randn(2, 16000) * 0.1
+    wave[1] *= torch.linspace(0, 3, 16000)  # another level and envelope: other batch statistics
+    lengths = torch.tensor([16000, 9000])
+    normalised, plain = random_clap(normalize="all_features").train(), random_clap().train()
+    feats, _ = normalised.features(wave, lengths)
+    own = feats[1, 0, : 1 + 9000 // 160]
+    assert abs(own.mean().item()) < 1e-4 and own.std().item() == pytest.approx(1.0, abs=1e-3)
+    for encoder, independent in ((normalised, True), (plain, False)):
+        with torch.no_grad():
+            alone = encoder(wave[:1], lengths[:1]).hidden[0]
+            batched = encoder(wave, lengths).hidden[0]
+        assert torch.allclose(alone, batched, atol=1e-5) == independent
+    batch_norm = normalised.model.audio_encoder.batch_norm
+    assert not batch_norm.training and batch_norm.running_mean.abs().max() == 0  # never updated
+    with pytest.raises(ValueError, match="normalize"):
+        ClapOptions(feature_extractor={**CLAP_FE, "normalize": "per_feature"})

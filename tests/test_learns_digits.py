@@ -94,7 +94,7 @@ def test_family_learns_digits(family, family_runs):
 
 # Families whose digits run is short of a bound worth testing (README table, their notes): CI proves at least that
 # the audio reaches their LLM, since a masking, gate or gradient bug would leave them at the text prior.
-MEMORISERS = ["audio-flamingo"]
+MEMORISERS = ["audio-flamingo", "mu-llama"]
 
 
 @pytest.mark.slow
@@ -127,4 +127,5 @@ def test_family_memorises_digit_clips_through_their_audio(family):
     with torch.no_grad():
         own, other = model(batch).loss.item(), model(shuffled).loss.item()
     print(f"{family}: loss {own:.4f} with each clip's own audio, {other:.4f} with the clips shuffled")
-    assert own < 0.1 and other > 10 * own  # measured: 0.005 and 0.94 (2 threads)
+    # measured (2 threads): audio-flamingo 0.005 and 0.94; mu-llama (one pooled vector per clip) 0.057 and 0.67
+    assert own < 0.1 and other > 10 * own

@@ -29,7 +29,7 @@ class LinearAdapter(Adapter):
 
 def make_llm(**options):
     torch.manual_seed(0)
-    return HFSeq2SeqLM(HFSeq2SeqOptions(tokenizer="bytes", config=TINY_T5, **options),
+    return HFSeq2SeqLM(HFSeq2SeqOptions(**{"tokenizer": "bytes", "config": TINY_T5, **options}),
                        BuildContext(card=None, load_weights=False))
 
 
@@ -139,3 +139,17 @@ def test_card_with_seq2seq_llm():
     out = model(model.prepare_batch(waves(0.5), responses=["one"]))
     assert torch.isfinite(out.loss) and out.num_tokens == 4
     assert isinstance(model.generate(waves(0.5), max_new_tokens=3)[0], str)
+
+
+@pytest.mark.parametrize("model_type", ["t5", "mt5"])
+def test_random_t5_starts_with_logits_of_unit_scale(model_type):
+    """transformers 5 ties mT5's head to its embeddings without T5's ``d_model ** -0.5`` output rescaling; at T5's
+    std-1.0 embedding init a random mT5 starts with logits of std ``sqrt(d_model)`` (the tiny slm: loss 54 at step
+    10) and text embeddings far above an adapter's output. T5 itself rescales and keeps its init."""
+    llm = make_llm(config={**TINY_T5, "model_type": model_type})
+    embeddings = llm.base.get_input_embeddings().weight
+    expected = 1.0 if model_type == "t5" else 64 ** -0.5
+    assert embeddings.std().item() == pytest.approx(expected, rel=0.1)
+    with torch.no_grad():
+        logits = llm.head(torch.nn.functional.normalize(torch.randn(256, 64), dim=-1) * 8)  # unit-RMS states
+    assert 0.5 < logits.std().item() < 2.0

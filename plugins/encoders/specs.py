@@ -200,7 +200,9 @@ class ClapOptions(EncoderOptions):
     config: dict[str, Any] | None = Field(
         None, description="Inline ClapAudioConfig fields for random weights (used with --meta too).")
     feature_extractor: dict[str, Any] | None = Field(
-        None, description="ClapFeatureExtractor settings; default: the checkpoint's preprocessor_config.json.")
+        None, description="ClapFeatureExtractor settings; default: the checkpoint's preprocessor_config.json. "
+        "Also normalize: all_features (each clip's log-mel by its own mean and std, the input BatchNorm on its "
+        "running statistics: for a CLAP trained from scratch).")
     output: Literal["frames", "pooled"] = Field(
         "frames", description="frames: the last stage's patch states, time-major [B, t*f, C]; pooled: the pooled "
         "audio embedding as one frame.",
@@ -214,6 +216,10 @@ class ClapOptions(EncoderOptions):
         padding = (self.feature_extractor or {}).get("padding", "repeatpad")
         if padding not in ("repeatpad", "repeat", "pad"):
             raise OptionsRuleError("encoder", "feature_extractor", f"padding {padding!r}: use repeatpad, repeat or pad")
+        normalize = (self.feature_extractor or {}).get("normalize")
+        if normalize not in (None, "all_features"):
+            raise OptionsRuleError("encoder", "feature_extractor", f"normalize {normalize!r}: use all_features, or "
+                                   "leave it out (CLAP's features)")
         return self
 
     def sampling_rate(self) -> int:

@@ -90,6 +90,8 @@ class HFLanguageModel(LanguageModel):
         else:
             config = self.inline_config(options, tokenizer if processor.builtin_tokenizer else None)
             model = auto.from_config(config, **kwargs)
+            if not context.meta:
+                self.init_random(model)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and not context.meta:
             model.resize_token_embeddings(len(tokenizer))
         self.hidden_size = model.config.get_text_config().hidden_size
@@ -106,6 +108,9 @@ class HFLanguageModel(LanguageModel):
             from slmzoo.lora import RowGate
 
             self.audio_gate = RowGate(model)
+
+    def init_random(self, model: nn.Module) -> None:
+        """Adjust transformers' initialisation of a model built from its config (random weights); none here."""
 
     def with_audio(self, rows):
         if self.audio_gate is None:

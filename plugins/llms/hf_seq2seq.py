@@ -36,6 +36,18 @@ class HFSeq2SeqLM(HFLanguageModel):
                   "decoder_start_token_id": tokenizer.pad_token_id, **options.config}
         return model_config(fields, options.pretrained, builtin_tokenizer)
 
+    def init_random(self, model: nn.Module) -> None:
+        """A random T5-family model whose head is the tied embedding without T5's ``d_model ** -0.5`` output rescaling
+        (transformers 5 always ties mT5's head and never rescales it) starts its embeddings at ``d_model ** -0.5``,
+        not T5's 1.0: at 1.0 the logits start at std ``sqrt(d_model)`` (loss 54 at width 128) and the text embeddings
+        are 13x an adapter's output, which the encoder then hardly sees (a tiny slm learned the text prior only)."""
+        config = model.config
+        tied = model.get_output_embeddings() is not None and \
+            model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        if tied and not getattr(config, "scale_decoder_outputs", False) and hasattr(config, "d_model"):
+            with torch.no_grad():
+                model.get_input_embeddings().weight.normal_(0.0, config.d_model ** -0.5)
+
     def decoder_layers(self) -> nn.ModuleList:
         decoder = self.base.get_decoder()
         for name in ("block", "layers"):
