@@ -144,6 +144,12 @@ def test_broken_plugins_in_the_cli(bad_plugins):
     shown = slmzoo_cli("show", "salm", pythonpath=bad_plugins)
     assert shown.returncode == 0 and "Traceback" not in shown.stderr
 
+    # an unknown command may be one a broken plugin would have added: the error names them and what to do
+    missing = slmzoo_cli("nosuchcommand", "--help", pythonpath=bad_plugins)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "No such command 'nosuchcommand'" in missing.stderr and "boomplug" in missing.stderr
+    assert "slmzoo plugins list" in missing.stderr and "pip install -e ." in missing.stderr
+
 
 def test_misspelled_hook_is_caught_by_check_pending():
     class Typo:

@@ -48,7 +48,13 @@ class PluginCommandsGroup(TyperGroup):
         return own + [name for name in sorted(_plugin_commands()) if name not in own and _plugin_command(name)]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return super().get_command(ctx, name) or _plugin_command(name)
+        command = super().get_command(ctx, name) or _plugin_command(name)
+        broken = _broken_plugins() if command is None else []
+        if broken:  # the command may be one a plugin that failed to load would have added (codec, units, ...)
+            raise click.UsageError(f"No such command {name!r}, and {_describe_broken(broken)}: a command of theirs "
+                                   "is missing with them. `slmzoo plugins list` shows why; reinstall the package "
+                                   "that provides them (slmzoo's own: `pip install -e .` in its checkout).", ctx)
+        return command
 
 
 def _plugin_commands() -> dict:
@@ -132,14 +138,24 @@ def _selection(what: str | None) -> tuple[bool, list[str], set[str]]:
     raise CLIError(f"list: unknown selection {what!r} ({hint})")
 
 
-def _broken_footer() -> None:
+def _broken_plugins() -> list:
     from slmzoo.plugins import host
 
-    broken = [p for p in host().plugins.values() if p.status == "broken"]
+    return [p for p in host().plugins.values() if p.status == "broken"]
+
+
+def _describe_broken(broken: list) -> str:
+    """``"2 plugins could not be loaded: a (error), b (error)"``."""
+    return (f"{len(broken)} plugin{'s' if len(broken) > 1 else ''} could not be loaded: "
+            + ", ".join(f"{p.name} ({p.error})" for p in broken))
+
+
+def _broken_footer() -> None:
+    broken = _broken_plugins()
     if broken:
-        names = ", ".join(f"{p.name} ({p.error})" for p in broken)
         err().print(f"[yellow]{len(broken)} broken plugin{'s' if len(broken) > 1 else ''}:[/] ", end="")
-        err().print(f"{names}; see slmzoo plugins list", markup=False, soft_wrap=True)
+        err().print(", ".join(f"{p.name} ({p.error})" for p in broken) + "; see slmzoo plugins list",
+                    markup=False, soft_wrap=True)
 
 
 @app.command("list")
@@ -575,6 +591,9 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except KeyboardInterrupt:
         sys.exit(130)
+    except click.ClickException as error:  # raised while click resolves a command (a missing plugin command)
+        error.show()
+        sys.exit(error.exit_code)
     except Exception as error:  # outside any command (plugin host start-up, parameter conversion)
         if debug():
             raise
