@@ -116,17 +116,19 @@ NOTES = {
     "cosmic-q4": "4 Q-Former queries per clip: WER grows with the digits a clip holds (2 words 1%, 4 words 21%, 6 words "
                  "50%); dev CER 47% / 27% / 24% at steps 600 / 1200 / 1400. The card's tiny preset now has 8 (its row: dev "
                  "CER 26% / 11% / 11%)",
-    "granite-speech": "flat at the text prior: dev loss 0.59 / 0.54 / 0.53 and dev CER 118% / 132% / 115% at steps 600 / "
-                      "1200 / 1400. Two causes, either one enough to keep it there (dev loss at step 600; the text prior ~0.51): "
-                      "Granite's muP multipliers at width 128 under the recipe's lr (the LLM learns even the text "
-                      "prior slowly: train loss 1.31 at step 100, 0.61 for a Llama-like Granite) and its system prompt, "
-                      "165 byte tokens against ~17 audio tokens per clip (the other families' prompts: 33-95 tokens). "
-                      "Without the system prompt 0.57; Llama-like multipliers (embedding and residual 1, attention "
-                      "head_dim ** -0.5, logits_scaling 1, init 0.05) 0.51; both 0.28 (and at 1400 steps test WER 18.0%, against 93.7%). Not the "
-                      "encoder or the projector: in ultravox's pipeline (Llama, short prompt) the tiny Granite CTC "
-                      "encoder reaches dev loss 0.18 with a stack adapter, 0.36 with Granite's window Q-Former. Not "
-                      "fixed here: the card keeps Granite's prompt and muP (a muP learning rate per parameter group "
-                      "would be the faithful fix); lr 3e-3 alone 0.65 at step 450, 1 s attention blocks 0.76",
+    "granite-speech": "flat at the text prior: dev loss 0.59 / 0.54 / 0.53 and dev CER 118% / 132% / 115% at steps "
+                      "600 / 1200 / 1400. Two causes, either one enough to keep it there (dev loss at step 600; the "
+                      "text prior ~0.51): Granite's muP multipliers at width 128 under the recipe's lr (the LLM "
+                      "learns even the text prior slowly: train loss 1.31 at step 100, 0.61 for a Llama-like Granite) "
+                      "and its system prompt, 165 byte tokens against ~17 audio tokens per clip (the other families' "
+                      "prompts: 33-95 tokens). Without the system prompt 0.57; Llama-like multipliers (embedding and "
+                      "residual 1, attention head_dim ** -0.5, logits_scaling 1, init 0.05) 0.51; both 0.28 (and at "
+                      "1400 steps test WER 18.0%, against 93.7%). Not the encoder or the projector: in ultravox's "
+                      "pipeline (Llama, short prompt) the tiny Granite CTC encoder reaches dev loss 0.18 with a stack "
+                      "adapter, 0.36 with Granite's window Q-Former. Not fixed here: the card keeps Granite's prompt "
+                      "and muP (muP's own per-matrix learning rates are not tried). lr 3e-3 alone 0.65 at step 450; "
+                      "the LLM's lr 3e-3 (muP's direction for a narrower model) without the system prompt 0.53; 1 s "
+                      "attention blocks 0.76 at step 450",
     "pengi": "dev loss 0.37 / 0.25 / 0.24 and dev CER 63% / 48% / 49% at steps 600 / 1200 / 1400, short of 15% within "
              "the budget (lr 3e-3: dev loss 0.53 / 0.50 at 600 / 1200). 68.7% before the tiny CLAP's per-clip "
              "normalisation (`normalize: all_features`: CLAP's input BatchNorm on batch statistics kept it near the "
@@ -148,11 +150,11 @@ NOTES = {
                  "on), so what is left is the LLM learning from its new unit tokens. Not its system prompt (313 byte "
                  "tokens per example): without it dev loss 0.51 at step 600, as flat",
     "mu-llama": "flat at the text prior: dev loss 0.55 / 0.58 / 0.58 and dev CER 119% / 121% / 119% at steps 600 / "
-                "1200 / 1400. MU-LLaMA's design hands the LLM one vector per clip (the mean over time of the adapter's "
-                "frames, added to every adapter prompt; built for music captioning), and a clip's 1-6 digits in "
-                "order are in that mean only if the encoder writes their positions into the frames. The audio does "
-                "reach the LLM: it memorises 16 clips (CI test: loss 0.017, 0.79 with the clips shuffled). Not its system "
-                "prompt (168 byte tokens per example): without it dev loss 0.55 at step 300, as flat",
+                "1200 / 1400. MU-LLaMA's design hands the LLM one vector per clip (the mean over time of the "
+                "adapter's frames, added to every adapter prompt; built for music captioning), and a clip's 1-6 "
+                "digits in order are in that mean only if the encoder writes their positions into the frames. The "
+                "audio does reach the LLM: it memorises 16 clips (CI test: loss 0.017, 0.79 with the clips shuffled). "
+                "Not its system prompt (168 byte tokens per example): without it dev loss 0.55 at step 300, as flat",
     "salmonn-window8": "`adapter.window=8` (6 tokens/s), measured with the Llama still at initializer_range 0.02: "
                        "the denser windows alone take salmonn from 78.8% to 19.3%",
     "salmonn": "89.3% with transformers' std-0.02 Whisper conv stem (its output 2% audio), 78.8% with the stem fixed "
