@@ -95,7 +95,7 @@ def test_family_learns_digits(family, family_runs):
 # Families whose digits run is short of a bound worth testing (README table, their notes): CI proves at least that
 # the audio reaches their LLM, since a masking, gate or gradient bug would leave them at the text prior.
 # Steps per family: mu-llama's one pooled vector per clip needs more of them (at 150 steps its own-audio loss varied
-# 0.053-0.075 between machines and thread counts, the shuffled one 0.45-0.72; at 250 it is 0.017-0.020 vs 0.79-0.82).
+# 0.053-0.075 between machines and thread counts, the shuffled one 0.45-0.72).
 MEMORISERS = {"audio-flamingo": 150, "mu-llama": 250}
 
 
@@ -129,5 +129,6 @@ def test_family_memorises_digit_clips_through_their_audio(family):
     with torch.no_grad():
         own, other = model(batch).loss.item(), model(shuffled).loss.item()
     print(f"{family}: loss {own:.4f} with each clip's own audio, {other:.4f} with the clips shuffled")
-    # measured (2 threads): audio-flamingo 0.011 and 0.82; mu-llama 0.017 and 0.79
-    assert own < 0.1 and other > 10 * own
+    # measured here (pytest, 2 threads): audio-flamingo 0.006 and 0.85; mu-llama 0.055 and 0.63. A model that ignores
+    # the audio gives the same loss both ways; 5x leaves room for the machine-to-machine spread seen above.
+    assert own < 0.1 and other > 5 * own
