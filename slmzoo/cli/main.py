@@ -144,18 +144,21 @@ def _broken_plugins() -> list:
     return [p for p in host().plugins.values() if p.status == "broken"]
 
 
+def _broken_names(broken: list) -> str:
+    """``"a (error), b (error)"``."""
+    return ", ".join(f"{p.name} ({p.error})" for p in broken)
+
+
 def _describe_broken(broken: list) -> str:
     """``"2 plugins could not be loaded: a (error), b (error)"``."""
-    return (f"{len(broken)} plugin{'s' if len(broken) > 1 else ''} could not be loaded: "
-            + ", ".join(f"{p.name} ({p.error})" for p in broken))
+    return f"{len(broken)} plugin{'s' if len(broken) > 1 else ''} could not be loaded: {_broken_names(broken)}"
 
 
 def _broken_footer() -> None:
     broken = _broken_plugins()
     if broken:
         err().print(f"[yellow]{len(broken)} broken plugin{'s' if len(broken) > 1 else ''}:[/] ", end="")
-        err().print(", ".join(f"{p.name} ({p.error})" for p in broken) + "; see slmzoo plugins list",
-                    markup=False, soft_wrap=True)
+        err().print(f"{_broken_names(broken)}; see slmzoo plugins list", markup=False, soft_wrap=True)
 
 
 @app.command("list")
