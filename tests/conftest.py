@@ -25,6 +25,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def digits_asr(tmp_path_factory) -> dict:
+    """The README's worked example, ``salm -p tiny`` from scratch on the digits corpus, trained once per session: the
+    digits proof scores it, and the duplex proof fine-tunes it into its scoring ASR (one training instead of two
+    from scratch: CI's time). ~6 minutes on 2 idle cores. Returns ``{"run": Path, "train_seconds": float}``."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path_factory.mktemp("digits_asr") / "run"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "slmzoo", "train", "salm", "--preset", "tiny", "--train",
+                    str(DIGITS / "train.jsonl"), "--out", str(run), "--no-progress"], check=True)
+    return {"run": run, "train_seconds": time.perf_counter() - start}
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

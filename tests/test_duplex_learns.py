@@ -11,8 +11,10 @@ The recipe (README, "Models that speak"): a ``spectral_kmeans`` codec fitted on 
 write "eight" within its 5 frames) and the user's transcript as an auxiliary CTC target of the user channel
 (``duplex.user_ctc_weight``: the stand-in for NeMo's ASR-pretrained encoder). The scoring ASR model is the SALM digits
 recipe trained on the digits corpus plus the agent's training turns (``slmzoo duplex turns``): the digits corpus has
-no one-word utterance, and every answer here is one to three words in the agent's voice.
-Slow: about 20 minutes on 2 idle CPU cores. ``SLMZOO_DUPLEX_BUDGET_S`` changes the training time budget.
+no one-word utterance, and every answer here is one to three words in the agent's voice. CI fine-tunes the
+session's digits run (``digits_asr``, conftest: the digits proof's) on both for ``ASR_FINETUNE_STEPS`` rather than
+train a second one from scratch. Slow: about 12 minutes on 2 idle CPU cores, plus the shared digits run.
+``SLMZOO_DUPLEX_BUDGET_S`` changes the training time budget.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ CLI = [sys.executable, "-m", "slmzoo"]
 
 # The proof's recipe (README): 1200 steps of ~30 s batches, lr 2e-3, measured at ~0.45 s a step on 2 idle cores.
 DUPLEX_STEPS = 1200
-ASR_STEPS = 1000
+ASR_FINETUNE_STEPS = 300
 
 
 def slmzoo(*args: str) -> str:
@@ -42,7 +44,7 @@ def slmzoo(*args: str) -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(not (DUPLEX / "train_cuts.jsonl").is_file() or not (DIGITS / "train.jsonl").is_file(),
                     reason=f"duplex or digits corpus not found under {SHARED}")
-def test_duplex_tiny_learns_the_spoken_dialogues(tmp_path):
+def test_duplex_tiny_learns_the_spoken_dialogues(tmp_path, digits_asr):
     train = DUPLEX / "train_cuts.jsonl"
     codec, words, run = tmp_path / "codec.npy", tmp_path / "words", tmp_path / "duplex"
     slmzoo("codec", "fit", "duplex-s2s", "-p", "tiny", "--set", "codec={type: spectral_kmeans}", "--data", train,
@@ -57,8 +59,9 @@ def test_duplex_tiny_learns_the_spoken_dialogues(tmp_path):
 
     turns, asr = tmp_path / "agent_turns.jsonl", tmp_path / "asr"
     slmzoo("duplex", "turns", train, "--out", turns)
-    slmzoo("train", "salm", "-p", "tiny", "--train", DIGITS / "train.jsonl", "--train", turns,
-           "--set", f"train.max_steps={ASR_STEPS}", "--set", "train.eval_every=null", "--out", asr, "--no-progress")
+    slmzoo("train", "salm", "-p", "tiny", "--init", digits_asr["run"], "--train", DIGITS / "train.jsonl", "--train",
+           turns, "--set", f"train.max_steps={ASR_FINETUNE_STEPS}", "--set", "train.warmup_steps=30", "--set",
+           "train.eval_every=null", "--out", asr, "--no-progress")
     metrics = json.loads(slmzoo("eval", run, "--data", DUPLEX / "test_cuts.jsonl", "--asr", asr, "--json"))
     print(f"duplex: trained {DUPLEX_STEPS} steps in {train_seconds:.0f} s; of {metrics['num_answers']} test answers "
           f"{metrics['answer_accuracy']:.1%} right as text, {metrics['asr_answer_accuracy']:.1%} as speech (codec "
