@@ -185,6 +185,20 @@ def test_words_command_saves_one_token_per_corpus_word(tmp_path):
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
 
 
+def test_an_inline_llm_config_is_sized_to_a_saved_tokenizer(tmp_path):
+    """The tiny preset's inline llama config names no vocab_size: with the corpus's word tokenizer the LLM has one
+    row per token (21), not llama's default 32000 (which made the embeddings 97% of the model and the 32000-way
+    head most of a training step)."""
+    from slmzoo_plugins.duplex.turns import write_word_tokenizer
+
+    write_word_tokenizer(DUPLEX / "dev_cuts.jsonl", tmp_path / "words")
+    model = slmzoo.build(slmzoo.load_card("duplex-s2s", preset="tiny",
+                                          overrides=[f"llm.tokenizer={tmp_path / 'words'}"]))
+    rows = len(model.tokenizer)
+    assert model.llm.input_embeddings().weight.shape[0] == rows < 100
+    assert model.llm.head(torch.zeros(1, 1, model.llm.hidden_size)).shape[-1] == rows
+
+
 def test_cached_frame_loop_equals_a_full_forward(model):
     """Each greedy step with the KV cache predicts what a teacher-forced pass over the generated channels does."""
     waves = [speechlike(1.3, 0), speechlike(0.9, 1)]

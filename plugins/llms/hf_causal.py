@@ -34,9 +34,11 @@ def returned_cache(output):
     return getattr(output, "cache", None) if hasattr(output, "cache") else getattr(output, "past_key_values", None)
 
 
-def model_config(config: dict | None, pretrained: str | None, builtin_tokenizer=None):
-    """The transformers config: the inline ``config`` (needs ``model_type``) or the checkpoint's. With the built-in
-    tokenizer its vocabulary size and special ids win, since a hub config's ids (GPT-2's 50256, say) mean nothing
+def model_config(config: dict | None, pretrained: str | None, tokenizer=None, builtin: bool = False):
+    """The transformers config: the inline ``config`` (needs ``model_type``) or the checkpoint's. An inline config
+    without ``vocab_size`` is sized to the card's ``tokenizer`` (not to the model type's default: a llama config
+    would otherwise carry 32000 rows for a 21-word tokenizer, 97% of a tiny model's weights and most of its step).
+    With the built-in tokenizer its special ids win too, since a hub config's ids (GPT-2's 50256, say) mean nothing
     to the byte tokenizer."""
     from transformers import AutoConfig
 
@@ -45,10 +47,11 @@ def model_config(config: dict | None, pretrained: str | None, builtin_tokenizer=
         model_type = fields.pop("model_type", None)
         if model_type is None:
             raise PretrainedLoadError("llm.config needs model_type (e.g. qwen3, llama, gpt2)")
-        if builtin_tokenizer is not None:
-            fields.setdefault("vocab_size", len(builtin_tokenizer))
-            fields.update(bos_token_id=builtin_tokenizer.bos_token_id, eos_token_id=builtin_tokenizer.eos_token_id,
-                          pad_token_id=builtin_tokenizer.pad_token_id)
+        if tokenizer is not None:
+            fields.setdefault("vocab_size", len(tokenizer))
+        if builtin:
+            fields.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
         return AutoConfig.for_model(model_type, **fields)
     if pretrained is None:
         raise PretrainedLoadError("llm: give pretrained (hub id or folder) or an inline config")
@@ -88,7 +91,7 @@ class HFLanguageModel(LanguageModel):
                 raise PretrainedLoadError(f"llm.pretrained: cannot load {options.pretrained!r} ({error}); offline, "
                                           "use a local folder, the tiny preset, or --meta") from None
         else:
-            config = self.inline_config(options, tokenizer if processor.builtin_tokenizer else None)
+            config = self.inline_config(options, tokenizer, processor.builtin_tokenizer)
             model = auto.from_config(config, **kwargs)
             if not context.meta:
                 self.init_random(model)
@@ -117,8 +120,8 @@ class HFLanguageModel(LanguageModel):
             return super().with_audio(rows)
         return self.audio_gate.rows(rows)
 
-    def inline_config(self, options, builtin_tokenizer):
-        return model_config(options.config, options.pretrained, builtin_tokenizer)
+    def inline_config(self, options, tokenizer, builtin: bool):
+        return model_config(options.config, options.pretrained, tokenizer, builtin)
 
     @property
     def config(self):

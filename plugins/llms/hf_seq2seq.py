@@ -28,13 +28,13 @@ class HFSeq2SeqLM(HFLanguageModel):
         if getattr(config, "decoder_start_token_id", None) is None:
             config.decoder_start_token_id = config.pad_token_id
 
-    def inline_config(self, options, builtin_tokenizer):
+    def inline_config(self, options, tokenizer, builtin: bool):
         if options.config is None:
-            return model_config(None, options.pretrained, builtin_tokenizer)
-        tokenizer = self.processor.tokenizer  # T5 starts decoding from the pad token; take both from the tokenizer
+            return model_config(None, options.pretrained, tokenizer, builtin)
+        # T5 starts decoding from the pad token; take both from the tokenizer
         fields = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
                   "decoder_start_token_id": tokenizer.pad_token_id, **options.config}
-        return model_config(fields, options.pretrained, builtin_tokenizer)
+        return model_config(fields, options.pretrained, tokenizer, builtin)
 
     def init_random(self, model: nn.Module) -> None:
         """A random T5-family model whose head is the tied embedding without T5's ``d_model ** -0.5`` output rescaling
