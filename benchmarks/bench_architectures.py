@@ -96,8 +96,8 @@ NOTES = {
               "in its place the same preset reaches 5.9% test WER (its row), and average-pooled to the "
               "FastConformer's 12.5 frames/s dev loss 0.12 at step 600 against 0.38, where the FastConformer with "
               "concatenation (salm) learns fastest of all. Not the FastConformer's dropout and layerdrop (all 0: "
-              "0.38), its frame rate (4x subsampling: 0.50 at step 450) or frames without absolute positions (Audio "
-              "Flamingo's transformation with sinusoidal positions as the adapter: 0.48; without: 0.41)",
+              "0.38), its frame rate (4x subsampling: 0.50 at step 450) and not mainly frames without absolute "
+              "positions (sinusoidal positions added to the memory at its own scale: 0.33)",
     "bestow-whisper": "`encoder` a tiny Whisper (ultravox's) in place of the tiny FastConformer: dev CER 38% / 7% / 7% "
                       "at steps 600 / 1200 / 1400. Not the card (BESTOW's encoder is a FastConformer): it shows that "
                       "the cross-attention stack learns",

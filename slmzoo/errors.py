@@ -11,3 +11,8 @@ class PretrainedLoadError(RuntimeError):
 class CapabilityError(ValueError):
     """A model asked for what its architecture does not do (a prompt for a duplex model, speech out of a text
     model): the message says what it does instead."""
+
+
+class SequenceTooLongError(ValueError):
+    """An LLM input (prompt, audio embeddings and answer) longer than the model's table of learned positions
+    allows: the message gives both lengths and the setting that bounds them."""

@@ -89,3 +89,30 @@ def test_config_without_model_type_is_refused():
     card = slmzoo.load_card("salm", preset="tiny", overrides=["llm.config={hidden_size: 8}"])
     with pytest.raises(RuntimeError, match="needs model_type"):
         slmzoo.build(card)
+
+
+def _speechlike(seconds: float) -> torch.Tensor:
+    torch.manual_seed(0)
+    t = torch.arange(int(16000 * seconds)) / 16000
+    return 0.1 * torch.sin(2 * torch.pi * 220 * t) + 0.01 * torch.randn(t.shape)
+
+
+def test_input_past_a_learned_position_table_is_named():
+    """GPT-2 (pengi) has a table of learned positions: an input past its end says so, not "index out of range"."""
+    from slmzoo.errors import SequenceTooLongError
+
+    model = slmzoo.build(slmzoo.load_card("pengi", preset="tiny", overrides=["llm.config.n_positions=24"]))
+    batch = model.prepare_batch([_speechlike(2.0)], None, ["one two three"])
+    with pytest.raises(SequenceTooLongError, match=r"over the 24 learned positions of this gpt2 \(llm.config.n_positions\)"):
+        model(batch)
+    with pytest.raises(SequenceTooLongError, match="the prompt is"):
+        model.generate([_speechlike(2.0)], max_new_tokens=4)
+
+
+def test_generation_stops_at_the_end_of_a_learned_position_table():
+    """The prompt fits, the asked-for answer would not: generation is cut where the table ends (no IndexError)."""
+    model = slmzoo.build(slmzoo.load_card("pengi", preset="tiny"))
+    model.eval()
+    clip = _speechlike(1.0)
+    out = model.generate([clip], max_new_tokens=1000)  # 256 positions in the tiny GPT-2
+    assert isinstance(out[0], str)

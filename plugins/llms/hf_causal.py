@@ -14,12 +14,17 @@ import torch
 from torch import nn
 
 from slmzoo.components import LanguageModel, LMOutput
-from slmzoo.errors import PretrainedLoadError
+from slmzoo.errors import PretrainedLoadError, SequenceTooLongError
 
 # peft calls a transformers method deprecated in v5 on every LoRA build; the warning is not ours to act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Model types whose positions are a learned table, and the config field sizing it: an input past its end fails as an
+# IndexError deep in torch ("index out of range in self"), so the length is checked first. Rotary and relative
+# position models have no table and run past their trained length.
+LEARNED_POSITIONS = {"gpt2": "n_positions", "opt": "max_position_embeddings", "biogpt": "max_position_embeddings",
+                     "gpt_neo": "max_position_embeddings", "xglm": "max_position_embeddings"}
 
 
 def cache_arguments(module: nn.Module, cache) -> dict:
@@ -112,6 +117,23 @@ class HFLanguageModel(LanguageModel):
 
             self.audio_gate = RowGate(model)
 
+    def position_limit(self) -> int | None:
+        """The size of the model's learned position table (:data:`LEARNED_POSITIONS`); ``None``: no table."""
+        config = self.base.config.get_text_config()
+        field = LEARNED_POSITIONS.get(config.model_type)
+        return getattr(config, field, None) if field else None
+
+    def check_length(self, length: int, what: str = "the LLM input") -> None:
+        """``length`` positions must fit the learned position table, if the model has one."""
+        limit = self.position_limit()
+        if limit is not None and length > limit:
+            config = self.base.config.get_text_config()
+            field = LEARNED_POSITIONS[config.model_type]
+            raise SequenceTooLongError(
+                f"{what} is {length} positions (prompt, audio embeddings and answer), over the {limit} learned "
+                f"positions of this {config.model_type} (llm.config.{field}): use shorter audio or text, fewer "
+                f"audio tokens per second, or raise llm.config.{field} (a pretrained table cannot grow)")
+
     def init_random(self, model: nn.Module) -> None:
         """Adjust transformers' initialisation of a model built from its config (random weights); none here."""
 
@@ -150,6 +172,7 @@ class HFLanguageModel(LanguageModel):
                       use_cache=False):
         """The backbone (``base_model``, final norm included): ``[B, L, D]`` and the cache."""
         backbone = self.base.base_model
+        self.check_length(attention_mask.shape[1] if attention_mask is not None else inputs_embeds.shape[1])
         out = backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                        use_cache=use_cache, **cache_arguments(backbone, past_key_values))
         return out.last_hidden_state, (returned_cache(out) if use_cache else None)
@@ -191,6 +214,7 @@ class HFCausalLM(HFLanguageModel):
     """A transformers ``AutoModelForCausalLM``; forward and generate are transformers' own."""
 
     def forward(self, inputs_embeds, attention_mask, labels=None, position_ids=None, **extra) -> LMOutput:
+        self.check_length(inputs_embeds.shape[1])
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
                          position_ids=position_ids, use_cache=False, **extra)
         return LMOutput(loss=out.loss, logits=out.logits)
@@ -199,4 +223,10 @@ class HFCausalLM(HFLanguageModel):
         """Left-padded ``inputs_embeds [B, L, D]`` -> new token ids ``[B, N]`` (KV-cached decoding)."""
         generation_kwargs.setdefault("eos_token_id", self.processor.stop_token_ids)
         generation_kwargs.setdefault("pad_token_id", self.processor.pad_token_id)
+        self.check_length(inputs_embeds.shape[1], "the prompt")
+        room = self.position_limit()
+        if room is not None and generation_kwargs.get("max_new_tokens") is not None:
+            # no answer can run past the table (the last token is never fed back, hence the + 1)
+            generation_kwargs["max_new_tokens"] = min(generation_kwargs["max_new_tokens"],
+                                                      room - inputs_embeds.shape[1] + 1)
         return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
