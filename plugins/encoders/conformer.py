@@ -10,8 +10,8 @@
   for fine-tuning; on the depthwise-striding subsampling (3x3 convs of fan-in 9) it shrinks the log-mel ~30x per
   conv, so the subsampled frames are ~1e-3 (4x) or ~1e-5 (8x) rms even after the sqrt(d_model) x-scaling: below the
   LayerNorm epsilon, and the encoder output carries no audio. Random encoders therefore start the subsampling from
-  He init (ReLU convs, zero biases), its frames at about unit rms after the x-scaling. ``feature_extractor.normalize:
-  all_features`` (NeMo's preprocessor option) normalises each clip with one mean/std over all its frames and mel
+  He init (ReLU convs, zero biases), its frames at about unit rms before the x-scaling (``init_subsampling``).
+  ``feature_extractor.normalize: all_features`` (NeMo's preprocessor option) normalises each clip with one mean/std over all its frames and mel
   bins instead of one per mel bin: on 1-2 s clips the per-bin statistics vary with the clip's words, and a tiny
   FastConformer trained from scratch through an LLM (the digits corpus) learns from the audio only with it.
 - ``wav2vec2_conformer``: transformers' ``Wav2Vec2ConformerModel`` on waveforms, like the ``wav2vec2`` encoder.
@@ -110,16 +110,20 @@ class ParakeetLogMel(nn.Module):
         return features[:, : int(frames.max())], frames
 
 
-def init_subsampling(subsampling: nn.Module, input_scale: float = 1.0) -> None:
+def init_subsampling(subsampling: nn.Module) -> None:
     """He init of the depthwise-striding subsampling (every conv leads to a ReLU), zero biases, and an output Linear
-    of std ``1/sqrt(fan_in)/input_scale``: the frames reach the first block at about unit rms at any factor, the
-    x-scaling included (NeMo's own output init divides by sqrt(d_model) for the same reason)."""
+    of std ``1/sqrt(fan_in)``: unit-rms frames, which the x-scaling then multiplies by ``sqrt(d_model)`` as in NeMo.
+
+    Not an output Linear divided by ``sqrt(d_model)`` to cancel the x-scaling (unit frames into the first block, this
+    init's first version): its weights were then ``sqrt(d_model)`` times smaller for the same Adam steps, ~10x the
+    relative update at width 96, and every tiny FastConformer model learned from its audio far slower (digits recipe,
+    dev loss at step 600: salm 0.29 against 0.094 with this init, bestow 0.38 against 0.25)."""
     for module in subsampling.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=module.in_features**-0.5 / input_scale)
+            nn.init.normal_(module.weight, std=module.in_features**-0.5)
             nn.init.zeros_(module.bias)
 
 
@@ -147,7 +151,7 @@ class FastConformerEncoder(Encoder):
         if options.causal_downsampling:
             make_subsampling_causal(self.model)
         if options.pretrained is None:  # random weights, to be trained: see the module docstring
-            init_subsampling(self.model.subsampling, self.model.input_scale)
+            init_subsampling(self.model.subsampling)
         config = self.model.config
         if options.conv_norm == "layernorm":
             for layer in self.model.layers:
