@@ -11,9 +11,10 @@
   conv, so the subsampled frames are ~1e-3 (4x) or ~1e-5 (8x) rms even after the sqrt(d_model) x-scaling: below the
   LayerNorm epsilon, and the encoder output carries no audio. Random encoders therefore start the subsampling from
   He init (ReLU convs, zero biases), its frames at about unit rms before the x-scaling (``init_subsampling``).
-  ``feature_extractor.normalize: all_features`` (NeMo's preprocessor option) normalises each clip with one mean/std over all its frames and mel
-  bins instead of one per mel bin: on 1-2 s clips the per-bin statistics vary with the clip's words, and a tiny
-  FastConformer trained from scratch through an LLM (the digits corpus) learns from the audio only with it.
+  ``feature_extractor.normalize: all_features`` (NeMo's preprocessor option) normalises each clip with one mean/std
+  over all its frames and mel bins instead of one per mel bin: on 1-2 s clips the per-bin statistics vary with the
+  clip's words, and a tiny FastConformer trained from scratch through an LLM (the digits corpus) learns from the
+  audio only with it.
 - ``wav2vec2_conformer``: transformers' ``Wav2Vec2ConformerModel`` on waveforms, like the ``wav2vec2`` encoder.
   Its convolution modules do not mask padding (the depthwise conv would pull padded frames into real ones), so the
   depthwise input is zeroed on padded frames here, as FastConformer does.
