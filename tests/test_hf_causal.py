@@ -6,6 +6,7 @@ import yaml
 
 import slmzoo
 from slmzoo.tokenizer import byte_level_tokenizer
+from tests.conftest import speechlike
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
               "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 512}
@@ -91,28 +92,23 @@ def test_config_without_model_type_is_refused():
         slmzoo.build(card)
 
 
-def _speechlike(seconds: float) -> torch.Tensor:
-    torch.manual_seed(0)
-    t = torch.arange(int(16000 * seconds)) / 16000
-    return 0.1 * torch.sin(2 * torch.pi * 220 * t) + 0.01 * torch.randn(t.shape)
-
-
 def test_input_past_a_learned_position_table_is_named():
     """GPT-2 (pengi) has a table of learned positions: an input past its end says so, not "index out of range"."""
     from slmzoo.errors import SequenceTooLongError
 
     model = slmzoo.build(slmzoo.load_card("pengi", preset="tiny", overrides=["llm.config.n_positions=24"]))
-    batch = model.prepare_batch([_speechlike(2.0)], None, ["one two three"])
-    with pytest.raises(SequenceTooLongError, match=r"over the 24 learned positions of this gpt2 \(llm.config.n_positions\)"):
+    batch = model.prepare_batch([speechlike(2.0)], None, ["one two three"])
+    named = r"over the 24 learned positions of this gpt2 \(llm.config.n_positions\)"
+    with pytest.raises(SequenceTooLongError, match=named):
         model(batch)
     with pytest.raises(SequenceTooLongError, match="the prompt is"):
-        model.generate([_speechlike(2.0)], max_new_tokens=4)
+        model.generate([speechlike(2.0)], max_new_tokens=4)
 
 
 def test_generation_stops_at_the_end_of_a_learned_position_table():
     """The prompt fits, the asked-for answer would not: generation is cut where the table ends (no IndexError)."""
     model = slmzoo.build(slmzoo.load_card("pengi", preset="tiny"))
     model.eval()
-    clip = _speechlike(1.0)
+    clip = speechlike(1.0)
     out = model.generate([clip], max_new_tokens=1000)  # 256 positions in the tiny GPT-2
     assert isinstance(out[0], str)

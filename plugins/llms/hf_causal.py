@@ -117,21 +117,23 @@ class HFLanguageModel(LanguageModel):
 
             self.audio_gate = RowGate(model)
 
-    def position_limit(self) -> int | None:
-        """The size of the model's learned position table (:data:`LEARNED_POSITIONS`); ``None``: no table."""
+    def position_table(self) -> tuple[str, int] | None:
+        """The config field sizing the model's learned position table (:data:`LEARNED_POSITIONS`) and its size;
+        ``None``: no table."""
         config = self.base.config.get_text_config()
         field = LEARNED_POSITIONS.get(config.model_type)
-        return getattr(config, field, None) if field else None
+        size = getattr(config, field, None) if field else None
+        return (field, size) if size is not None else None
 
     def check_length(self, length: int, what: str = "the LLM input") -> None:
         """``length`` positions must fit the learned position table, if the model has one."""
-        limit = self.position_limit()
-        if limit is not None and length > limit:
-            config = self.base.config.get_text_config()
-            field = LEARNED_POSITIONS[config.model_type]
+        table = self.position_table()
+        if table is not None and length > table[1]:
+            field, limit = table
+            model_type = self.base.config.get_text_config().model_type
             raise SequenceTooLongError(
                 f"{what} is {length} positions (prompt, audio embeddings and answer), over the {limit} learned "
-                f"positions of this {config.model_type} (llm.config.{field}): use shorter audio or text, fewer "
+                f"positions of this {model_type} (llm.config.{field}): use shorter audio or text, fewer "
                 f"audio tokens per second, or raise llm.config.{field} (a pretrained table cannot grow)")
 
     def init_random(self, model: nn.Module) -> None:
@@ -224,9 +226,9 @@ class HFCausalLM(HFLanguageModel):
         generation_kwargs.setdefault("eos_token_id", self.processor.stop_token_ids)
         generation_kwargs.setdefault("pad_token_id", self.processor.pad_token_id)
         self.check_length(inputs_embeds.shape[1], "the prompt")
-        room = self.position_limit()
-        if room is not None and generation_kwargs.get("max_new_tokens") is not None:
+        table = self.position_table()
+        if table is not None and generation_kwargs.get("max_new_tokens") is not None:
             # no answer can run past the table (the last token is never fed back, hence the + 1)
             generation_kwargs["max_new_tokens"] = min(generation_kwargs["max_new_tokens"],
-                                                      room - inputs_embeds.shape[1] + 1)
+                                                      table[1] - inputs_embeds.shape[1] + 1)
         return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
